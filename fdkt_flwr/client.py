@@ -1,0 +1,227 @@
+"""What an FDKT client does, without Flower: DP demonstrations out, SLM metrics out.
+
+:class:`FdktClient` holds one client's private data, its privacy ledger and the synthetic
+samples it has received. ``client_app.py`` builds one per message from the run config, the node
+config and ``context.state`` (where :meth:`state_dict` goes between rounds).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fdkt_flwr.config import ConfigError, DatasetConfig, FdktConfig
+from fdkt_flwr.data import ClientData, client_data, local_client_data
+from fdkt_flwr.protocol import DemonstrationReply, Sample, TrainReply
+from fdkt_flwr.tasks import TaskSpec, load_task
+
+log = logging.getLogger(__name__)
+
+
+def client_identity(node_config: Mapping[str, Any], node_id: int) -> str:
+    """A stable, human-readable client id: the node's ``name``, else ``client-<partition>``."""
+    if "name" in node_config:
+        return str(node_config["name"])
+    if "partition-id" in node_config:
+        return f"client-{int(node_config['partition-id'])}"
+    return f"node-{node_id}"
+
+
+def node_dataset_config(cfg: FdktConfig, node_config: Mapping[str, Any]) -> DatasetConfig:
+    """A deployment node may name its own data in ``--node-config`` (``dataset-name=...``)."""
+    ds = DatasetConfig(**{f: getattr(cfg.dataset, f) for f in cfg.dataset.__dataclass_fields__})
+    for key, attr in (("dataset-name", "name"), ("text-column", "text_column"),
+                      ("label-column", "label_column"), ("domain", "domain")):
+        if key in node_config:
+            setattr(ds, attr, str(node_config[key]))
+    if "private-size" in node_config:
+        ds.private_size = int(node_config["private-size"])
+    return ds
+
+
+def load_client_data(cfg: FdktConfig, node_config: Mapping[str, Any]) -> ClientData:
+    ds = node_dataset_config(cfg, node_config)
+    if "dataset-name" in node_config:  # deployment: the node's own data, no shared corpus
+        return local_client_data(ds, cfg.seed)
+    if "partition-id" not in node_config:
+        raise ConfigError("node-config: needs partition-id/num-partitions (simulation) or "
+                          "dataset-name (deployment)")
+    return client_data(ds, int(node_config["partition-id"]),
+                       int(node_config["num-partitions"]), cfg.seed)
+
+
+@dataclass
+class ClientState:
+    """What a client keeps between rounds (and, for the ledger, between runs)."""
+
+    ledger: dict[str, Any] | None = None
+    synthetic: list[Sample] = field(default_factory=list)
+    baseline: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ledger": self.ledger, "synthetic": [list(s) for s in self.synthetic],
+                "baseline": self.baseline}
+
+    @classmethod
+    def from_state_dict(cls, d: Mapping[str, Any]) -> ClientState:
+        return cls(ledger=d.get("ledger"), synthetic=[(str(t), int(y)) for t, y in
+                                                      d.get("synthetic", [])],
+                   baseline=d.get("baseline"))
+
+
+class FdktClient:
+    def __init__(self, cfg: FdktConfig, node_config: Mapping[str, Any], node_id: int,
+                 state: ClientState | None = None, ledger_path: Path | None = None,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.client_id = client_identity(node_config, node_id)
+        self.data = load_client_data(cfg, node_config)
+        self.task: TaskSpec = load_task(self.data.task, self.data.label_names,
+                                        node_config.get("domain", cfg.dataset.domain))
+        self.state = state or ClientState()
+        self.ledger_path = ledger_path
+        self._progress = progress
+
+    def progress(self, msg: str) -> None:
+        line = f"[{self.client_id}] {msg}"
+        if self._progress:
+            self._progress(line)
+        else:
+            log.info(line)
+
+    # ------------------------------------------------------------------ privacy
+
+    def privacy_spec(self):
+        from fdkt_flwr.privacy import PrivacySpec
+
+        p = self.cfg.privacy
+        return PrivacySpec(epsilon=p.epsilon, delta=p.delta, max_grad_norm=p.max_grad_norm,
+                           noise_multiplier=p.noise_multiplier, accountant=p.accountant)
+
+    def ledger(self):
+        """The client's ledger: the node-local file if any, else ``context.state``."""
+        from fdkt_flwr.privacy import PrivacyLedger
+
+        spec = self.privacy_spec()
+        if self.ledger_path is not None and self.ledger_path.exists():
+            ledger = PrivacyLedger.load(self.ledger_path)
+        elif self.state.ledger is not None:
+            ledger = PrivacyLedger(epsilon=spec.epsilon, delta=spec.delta,
+                                   accountant=spec.accountant)
+            ledger.load_state_dict(self.state.ledger)
+        else:
+            ledger = PrivacyLedger(epsilon=spec.epsilon, delta=spec.delta,
+                                   accountant=spec.accountant)
+        return ledger
+
+    def _save_ledger(self, ledger) -> None:
+        self.state.ledger = ledger.state_dict()
+        if self.ledger_path is not None:
+            ledger.save(self.ledger_path)
+
+    # ------------------------------------------------------------------ synthesize
+
+    def synthesize(self, server_round: int) -> DemonstrationReply:
+        """DP fine-tune the generator on private data and release DP demonstrations."""
+        from fdkt_flwr.generator import (
+            GeneratorTrainConfig,
+            clean_demonstrations,
+            sample_demonstrations,
+            train_dp_generator,
+        )
+        from fdkt_flwr.models import load_causal_lm
+        from fdkt_flwr.privacy import BudgetExceededError
+
+        g = self.cfg.generator
+        spec, ledger = self.privacy_spec(), self.ledger()
+        codes = self.task.control_codes()
+        timing: dict[str, float] = {}
+        t0 = time.perf_counter()
+        model, tok = load_causal_lm(g.model, fresh=True)
+        timing["generator_load_s"] = time.perf_counter() - t0
+        gcfg = GeneratorTrainConfig(
+            lora_rank=g.lora_rank, epochs=g.epochs, batch_size=g.batch_size,
+            max_physical_batch_size=g.max_physical_batch_size, learning_rate=g.learning_rate,
+            max_length=g.max_length, seed=self.cfg.seed * 1000 + self.data.partition_id)
+        private = self.data.private
+        self.progress(f"round {server_round}: DP fine-tuning {g.model} on {len(private)} private "
+                      f"examples (budget ε={spec.epsilon:g}, δ={spec.delta:g})")
+        t0 = time.perf_counter()
+        try:
+            model, report = train_dp_generator(
+                model, tok, private.texts, [codes[y] for y in private.labels], spec, ledger,
+                gcfg, progress=self.progress)
+        except BudgetExceededError as exc:
+            self.progress(f"round {server_round}: refused: {exc}")
+            return DemonstrationReply(
+                client=self.client_id, task=self.task, demos=[], refused=str(exc),
+                privacy={"epsilon": ledger.spent(), "target_epsilon": spec.epsilon,
+                         "delta": spec.delta, "private": spec.epsilon != float("inf")},
+                stats={"num_private": len(private)})
+        timing["dp_training_s"] = time.perf_counter() - t0
+        self._save_ledger(ledger)
+        self.progress(f"round {server_round}: spent ε={report.epsilon:.3f}; sampling "
+                      f"{g.demos_per_label} demonstrations per label")
+        t0 = time.perf_counter()
+        samples = sample_demonstrations(
+            model, tok, codes, g.demos_per_label, max_new_tokens=g.max_new_tokens,
+            temperature=g.temperature, top_p=g.top_p, batch_size=g.max_physical_batch_size,
+            seed=gcfg.seed)
+        demos, drops = clean_demonstrations(samples, codes, min_chars=20, max_chars=2000,
+                                            near_dup_threshold=0.8)
+        timing["sampling_s"] = time.perf_counter() - t0
+        stats = {"num_private": len(private), "demos_sampled": len(samples),
+                 "demos_sent": len(demos), **{f"demos_dropped_{k}": v for k, v in drops.items()},
+                 **timing}
+        return DemonstrationReply(client=self.client_id, task=self.task, demos=demos,
+                                  privacy=report.to_dict(), stats=stats)
+
+    # ------------------------------------------------------------------ train + evaluate
+
+    def train(self, server_round: int, received: list[Sample]) -> TrainReply:
+        """Train the SLM on private + all synthetic received so far; evaluate on held-out."""
+        from fdkt_flwr.slm import SLMConfig, train_and_evaluate
+
+        k = len(self.task.label_names)
+        valid = [(t, y) for t, y in received if 0 <= y < k]
+        self.state.synthetic.extend(valid)
+        s = self.cfg.slm
+        scfg = SLMConfig(model=s.model, epochs=s.epochs, batch_size=s.batch_size,
+                         learning_rate=s.learning_rate, max_length=s.max_length,
+                         synthetic_weight=s.synthetic_weight,
+                         seed=self.cfg.seed * 1000 + self.data.partition_id)
+        priv = (self.data.private.texts, self.data.private.labels)
+        test = (self.data.test.texts, self.data.test.labels)
+        synth = ([t for t, _ in self.state.synthetic], [y for _, y in self.state.synthetic])
+        self.progress(f"round {server_round}: training SLM {s.model} on {len(priv[0])} private "
+                      f"+ {len(synth[0])} synthetic examples")
+        result = train_and_evaluate(priv, synth, test, self.task.label_names, scfg,
+                                    progress=self.progress)
+        metrics = {"accuracy": result["test"]["accuracy"],
+                   "macro_f1": result["test"]["macro_f1"],
+                   "num_private": float(len(priv[0])), "num_synthetic": float(len(synth[0])),
+                   "num_received": float(len(received)), "num_test": float(len(test[0])),
+                   "slm_s": float(result.get("seconds", 0.0))}
+        details: dict[str, Any] = {"per_class_f1": result["test"].get("per_class_f1", {}),
+                                   "best_epoch": result.get("best_epoch")}
+        if s.baseline:
+            if self.state.baseline is None:
+                self.progress(f"round {server_round}: training the local-only baseline")
+                base = train_and_evaluate(priv, ([], []), test, self.task.label_names, scfg,
+                                          progress=self.progress)
+                self.state.baseline = {"accuracy": base["test"]["accuracy"],
+                                       "macro_f1": base["test"]["macro_f1"],
+                                       "per_class_f1": base["test"].get("per_class_f1", {}),
+                                       "seconds": float(base.get("seconds", 0.0))}
+            b = self.state.baseline
+            metrics |= {"baseline_accuracy": b["accuracy"], "baseline_macro_f1": b["macro_f1"],
+                        "gain_accuracy": metrics["accuracy"] - b["accuracy"]}
+            details["baseline_per_class_f1"] = b.get("per_class_f1", {})
+        self.progress(f"round {server_round}: accuracy {metrics['accuracy']:.3f}"
+                      + (f" (local-only {metrics['baseline_accuracy']:.3f})" if s.baseline
+                         else ""))
+        return TrainReply(client=self.client_id, metrics=metrics, details=details)

@@ -1,0 +1,205 @@
+"""The FDKT augmentation strategy: the server half of FDKT, in Flower's configure/aggregate shape.
+
+Per round, for every connected client:
+
+1. ``configure_synthesize`` / ``aggregate_synthesize`` (first round, and for any client that has
+   no demonstrations yet): ask for DP demonstrations, keep each client's in its own pool with its
+   own task words (the paper's one-to-many, multi-task setting), and let the LLM filter them.
+2. ``configure_train`` / ``aggregate_train``: write fresh samples for each client from its pool
+   with the LLM, send them, collect the client's SLM metrics.
+
+Failures (error replies, missing replies, refused releases) are recorded and survived: the round
+goes on with the clients that answered.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import Message
+
+from fdkt_flwr.augmentation import (
+    AugmentConfig,
+    ClientPool,
+    TaskInfo,
+    augment,
+    select_demonstrations,
+)
+from fdkt_flwr.config import FdktConfig
+from fdkt_flwr.protocol import (
+    SYNTHESIZE,
+    TRAIN,
+    DemonstrationReply,
+    ProtocolError,
+    SynthesizeRequest,
+    TrainReply,
+    TrainRequest,
+)
+from fdkt_flwr.results import RunResults
+
+log = logging.getLogger("flwr")
+
+
+def augment_config(cfg: FdktConfig) -> AugmentConfig:
+    """The server's augmentation settings from the run config."""
+    return AugmentConfig(
+        samples_per_label=cfg.llm.samples_per_label, demos_per_prompt=cfg.llm.demos_per_prompt,
+        max_new_tokens=cfg.llm.max_new_tokens, temperature=cfg.llm.temperature,
+        top_p=cfg.llm.top_p, selection=cfg.selection.enabled, clusters=cfg.selection.clusters,
+        samples_per_cluster=cfg.selection.samples_per_cluster)
+
+
+class FdktStrategy:
+    """Owns the per-client demonstration pools and decides what each client gets each round."""
+
+    def __init__(self, cfg: FdktConfig, llm: Any, encoder: Any, results: RunResults) -> None:
+        self.cfg = cfg
+        self.llm = llm
+        self.encoder = encoder
+        self.results = results
+        self.aug_cfg = augment_config(cfg)
+        self.pools: dict[int, ClientPool] = {}  # node id -> pool
+        self.names: dict[int, str] = {}  # node id -> client id
+        self.rng = random.Random(cfg.seed)
+        self._round_server_stats: dict[str, dict[str, Any]] = {}
+
+    def client_name(self, node_id: int) -> str:
+        return self.names.get(node_id, f"node-{node_id}")
+
+    # ------------------------------------------------------------------ synthesize
+
+    def configure_synthesize(self, server_round: int, node_ids: Iterable[int]) -> list[Message]:
+        return [Message(SynthesizeRequest(server_round).to_record(), dst_node_id=n,
+                        message_type=SYNTHESIZE) for n in node_ids if n not in self.pools]
+
+    def aggregate_synthesize(self, server_round: int, replies: Iterable[Message]) -> None:
+        for reply in replies:
+            nid = reply.metadata.src_node_id
+            if reply.has_error():
+                self.results.record_failure(self.client_name(nid), server_round, "synthesize",
+                                            reply.error.reason)
+                continue
+            try:
+                demo = DemonstrationReply.from_record(reply.content)
+            except (ProtocolError, KeyError, ValueError) as exc:
+                self.results.record_failure(self.client_name(nid), server_round, "synthesize",
+                                            f"malformed reply: {exc}")
+                continue
+            self.names[nid] = demo.client
+            self.results.record_privacy(demo.client, demo.privacy)
+            if demo.refused:
+                log.warning("[server] %s refused the DP release: %s", demo.client, demo.refused)
+                self.results.record_failure(demo.client, server_round, "synthesize",
+                                            f"refused: {demo.refused}")
+                continue
+            task = TaskInfo(name=demo.task.name, domain=demo.task.domain,
+                            label_names=demo.task.label_names,
+                            label_descriptions=demo.task.label_descriptions)
+            t0 = time.perf_counter()
+            kept, stats = select_demonstrations(demo.demos, task, self.llm, self.encoder,
+                                                self.aug_cfg, self.rng)
+            self.results.add_time("server_selection", time.perf_counter() - t0)
+            pool = ClientPool(task=task, demonstrations=list(demo.demos), kept=list(kept))
+            self.pools[nid] = pool
+            self._round_server_stats.setdefault(demo.client, {}).update(
+                {"client_stats": demo.stats, **{f"selection_{k}": v for k, v in stats.items()}})
+            for k in ("dp_training_s", "sampling_s", "generator_load_s"):
+                if k in demo.stats:
+                    self.results.add_time(f"client_{k[:-2]}", float(demo.stats[k]))
+            log.info("[server] %s: %d demonstrations received, %d kept by the filter",
+                     demo.client, len(demo.demos), len(kept))
+
+    # ------------------------------------------------------------------ train
+
+    def configure_train(self, server_round: int, node_ids: Iterable[int]) -> list[Message]:
+        messages = []
+        for nid in node_ids:
+            pool = self.pools.get(nid)
+            if pool is None:
+                continue  # no demonstrations (failed or refused): nothing to augment from
+            name = self.client_name(nid)
+            t0 = time.perf_counter()
+            samples, stats = augment(pool, pool.task, self.llm, self.aug_cfg, server_round,
+                                     self.rng, encoder=self.encoder)
+            self.results.add_time("server_augmentation", time.perf_counter() - t0)
+            self._round_server_stats.setdefault(name, {}).update(stats)
+            self.results.write_samples(name, server_round, pool.task.label_names, samples)
+            log.info("[server] round %d: %d generated samples for %s", server_round,
+                     len(samples), name)
+            messages.append(Message(TrainRequest(server_round, samples).to_record(),
+                                    dst_node_id=nid, message_type=TRAIN))
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> dict[str, dict[str, Any]]:
+        metrics: dict[str, dict[str, Any]] = {}
+        for reply in replies:
+            nid = reply.metadata.src_node_id
+            name = self.client_name(nid)
+            if reply.has_error():
+                self.results.record_failure(name, server_round, "train", reply.error.reason)
+                continue
+            try:
+                tr = TrainReply.from_record(reply.content)
+            except (ProtocolError, KeyError, ValueError) as exc:
+                self.results.record_failure(name, server_round, "train",
+                                            f"malformed reply: {exc}")
+                continue
+            metrics[tr.client] = {**tr.metrics, **tr.details}
+            if "slm_s" in tr.metrics:
+                self.results.add_time("client_slm_training", float(tr.metrics["slm_s"]))
+        return metrics
+
+    # ------------------------------------------------------------------ loop
+
+    def _send(self, grid: Any, messages: list[Message], timeout: float, phase: str,
+              server_round: int) -> list[Message]:
+        if not messages:
+            return []
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        answered = {r.metadata.src_node_id for r in replies}
+        for m in messages:
+            if m.metadata.dst_node_id not in answered:
+                self.results.record_failure(self.client_name(m.metadata.dst_node_id),
+                                            server_round, phase,
+                                            f"no reply within {timeout:.0f} s")
+        return replies
+
+    def wait_for_clients(self, grid: Any, timeout: float) -> list[int]:
+        deadline = time.monotonic() + timeout
+        while True:
+            nodes = sorted(grid.get_node_ids())
+            if len(nodes) >= self.cfg.min_clients or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        if len(nodes) < self.cfg.min_clients:
+            raise RuntimeError(f"only {len(nodes)} client(s) connected after {timeout:.0f} s; "
+                               f"min-clients={self.cfg.min_clients}")
+        return nodes
+
+    def start(self, grid: Any, num_rounds: int, timeout: float = 3600.0) -> RunResults:
+        nodes = self.wait_for_clients(grid, timeout=min(timeout, 600.0))
+        log.info("[server] %d clients connected; %d rounds", len(nodes), num_rounds)
+        for server_round in range(1, num_rounds + 1):
+            self._round_server_stats = {}
+            t0 = time.perf_counter()
+            synth = self.configure_synthesize(server_round, nodes)
+            if synth:
+                log.info("[server] round %d: asking %d clients for DP demonstrations",
+                         server_round, len(synth))
+                self.aggregate_synthesize(server_round, self._send(grid, synth, timeout,
+                                                                   "synthesize", server_round))
+            train = self.configure_train(server_round, nodes)
+            metrics = self.aggregate_train(server_round, self._send(grid, train, timeout,
+                                                                    "train", server_round))
+            self.results.record_round(server_round, metrics, self._round_server_stats)
+            self.results.add_time("rounds", time.perf_counter() - t0)
+            log.info("[server] round %d done in %.1f s: %s", server_round,
+                     time.perf_counter() - t0,
+                     ", ".join(f"{c} acc={m.get('accuracy', float('nan')):.3f}"
+                               for c, m in sorted(metrics.items())))
+        return self.results
