@@ -215,7 +215,8 @@ def load_prompts(task_name: str, prompt_dir: str | None = None) -> PromptTemplat
         try:
             data[k].format(**dummy)
         except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"prompt template {k!r} from {sources}: bad placeholder {exc}") from None
+            msg = f"prompt template {k!r} from {sources}: bad placeholder {exc}"
+            raise ValueError(msg) from None
     return PromptTemplates(**{k: data[k] for k in _TEMPLATE_KEYS}, source=";".join(sources))
 
 
@@ -497,7 +498,9 @@ def select_demonstrations(
     return kept, stats
 
 
-def _generate_checked(llm: LLM, convs: list[Conversation], params: SamplingParams) -> list[Generation]:
+def _generate_checked(
+    llm: LLM, convs: list[Conversation], params: SamplingParams
+) -> list[Generation]:
     if not convs:
         return []
     gens = llm.generate(convs, params)
@@ -536,7 +539,8 @@ class _Validator:
         self.dropped: Counter[str] = Counter()
 
     def missing(self) -> dict[int, int]:
-        return {i: b - len(self.accepted[i]) for i, b in self.budgets.items() if len(self.accepted[i]) < b}
+        have = {i: len(v) for i, v in self.accepted.items()}
+        return {i: b - have[i] for i, b in self.budgets.items() if have[i] < b}
 
     def offer(self, text: str, label: int, target: int) -> None:
         cfg = self.cfg
@@ -671,9 +675,7 @@ def _run_generation(
         "llm_tokens": tokens,
         "llm_seconds": round(seconds, 4),
         "tokens_per_s": round(tokens / seconds, 2) if seconds > 0 else None,
-        "examples": {
-            names[i]: v[: cfg.examples_per_label] for i, v in val.accepted.items()
-        },
+        "examples": {names[i]: v[: cfg.examples_per_label] for i, v in val.accepted.items()},
     }
     return samples, stats
 
@@ -782,7 +784,7 @@ class ClientPool:
         self.selection_stats: dict[str, Any] = {}
 
     def add_demonstrations(self, demos: Iterable[Sample], replace: bool = False) -> dict[str, int]:
-        """Store demonstrations (text, label index); invalid or duplicate ones are counted, not kept.
+        """Store demonstrations ``(text, label index)``; invalid and duplicate ones are counted.
 
         Any change resets ``kept`` so the next round reruns selection.
         """

@@ -216,6 +216,7 @@ def _records_from_json(
 # Line-based records
 # --------------------------------------------------------------------------------------------
 
+
 def _split_segments(line: str) -> list[tuple[str | None, str]]:
     """Split ``"Label: x | Text: y"`` into ``[("label","x"), ("text","y")]``.
 
