@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fdkt_flwr.config import ConfigError, from_flat, to_run_config
+from fdkt_flwr.config import ConfigError, from_flat
 from fdkt_flwr.results import default_output_dir
 
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -166,11 +166,16 @@ class SuperLink:
 
 def run_app(overrides: dict[str, Any], *, num_clients: int = 3, cpus_per_client: int = 1,
             timeout: float = 3600, app_dir: Path = APP_DIR, workdir: Path | None = None,
-            stream: bool = True) -> RunOutcome:
-    """Validate, run the app on an own SuperLink, and return its true outcome."""
-    cfg = from_flat(overrides)  # fail fast, before any process starts
+            stream: bool = True, validate: bool = True) -> RunOutcome:
+    """Validate, run the app on an own SuperLink, and return its true outcome.
+
+    ``validate=False`` skips the local check, so that tests can prove the ServerApp itself
+    rejects a bad setting.
+    """
     overrides = dict(overrides)
-    if not cfg.output_dir:
+    if validate:
+        from_flat(overrides)  # fail fast, before any process starts
+    if not overrides.get("output-dir"):
         overrides["output-dir"] = str(default_output_dir("local"))
     out_dir = Path(overrides["output-dir"]).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -184,9 +189,8 @@ def run_app(overrides: dict[str, Any], *, num_clients: int = 3, cpus_per_client:
             sys.stdout.write(line)
             sys.stdout.flush()
 
-    # Keys as Flower spells them, and only those that differ from the defaults (shorter logs).
-    flat = {k: v for k, v in to_run_config(from_flat(overrides)).items()
-            if k in {k2.replace("_", "-") for k2 in overrides}}
+    # Keys as Flower spells them (hyphens); values exactly as given.
+    flat = {k.replace("_", "-"): v for k, v in overrides.items()}
     start = time.monotonic()
     with SuperLink(workdir) as sl:
         submit = sl.flwr("run", str(app_dir), CONNECTION, "--format", "json", "--run-config",

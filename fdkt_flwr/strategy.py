@@ -15,20 +15,13 @@ goes on with the clients that answered.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Iterable
 from typing import Any
 
 from flwr.app import Message
 
-from fdkt_flwr.augmentation import (
-    AugmentConfig,
-    ClientPool,
-    TaskInfo,
-    augment,
-    select_demonstrations,
-)
+from fdkt_flwr.augmentation import AugmentationService, AugmentConfig
 from fdkt_flwr.config import FdktConfig
 from fdkt_flwr.protocol import (
     SYNTHESIZE,
@@ -49,7 +42,8 @@ def augment_config(cfg: FdktConfig) -> AugmentConfig:
     return AugmentConfig(
         samples_per_label=cfg.llm.samples_per_label, demos_per_prompt=cfg.llm.demos_per_prompt,
         max_new_tokens=cfg.llm.max_new_tokens, temperature=cfg.llm.temperature,
-        top_p=cfg.llm.top_p, selection=cfg.selection.enabled, clusters=cfg.selection.clusters,
+        top_p=cfg.llm.top_p, selection_enabled=cfg.selection.enabled,
+        clusters=cfg.selection.clusters,
         samples_per_cluster=cfg.selection.samples_per_cluster)
 
 
@@ -61,10 +55,8 @@ class FdktStrategy:
         self.llm = llm
         self.encoder = encoder
         self.results = results
-        self.aug_cfg = augment_config(cfg)
-        self.pools: dict[int, ClientPool] = {}  # node id -> pool
+        self.service = AugmentationService(llm, augment_config(cfg), encoder, seed=cfg.seed)
         self.names: dict[int, str] = {}  # node id -> client id
-        self.rng = random.Random(cfg.seed)
         self._round_server_stats: dict[str, dict[str, Any]] = {}
 
     def client_name(self, node_id: int) -> str:
@@ -74,7 +66,8 @@ class FdktStrategy:
 
     def configure_synthesize(self, server_round: int, node_ids: Iterable[int]) -> list[Message]:
         return [Message(SynthesizeRequest(server_round).to_record(), dst_node_id=n,
-                        message_type=SYNTHESIZE) for n in node_ids if n not in self.pools]
+                        message_type=SYNTHESIZE) for n in node_ids
+                if self.names.get(n) not in self.service.pools]
 
     def aggregate_synthesize(self, server_round: int, replies: Iterable[Message]) -> None:
         for reply in replies:
@@ -96,35 +89,31 @@ class FdktStrategy:
                 self.results.record_failure(demo.client, server_round, "synthesize",
                                             f"refused: {demo.refused}")
                 continue
-            task = TaskInfo(name=demo.task.name, domain=demo.task.domain,
-                            label_names=demo.task.label_names,
-                            label_descriptions=demo.task.label_descriptions)
-            t0 = time.perf_counter()
-            kept, stats = select_demonstrations(demo.demos, task, self.llm, self.encoder,
-                                                self.aug_cfg, self.rng)
-            self.results.add_time("server_selection", time.perf_counter() - t0)
-            pool = ClientPool(task=task, demonstrations=list(demo.demos), kept=list(kept))
-            self.pools[nid] = pool
+            added = self.service.receive(demo.client, demo.task.to_record(), demo.demos)
             self._round_server_stats.setdefault(demo.client, {}).update(
-                {"client_stats": demo.stats, **{f"selection_{k}": v for k, v in stats.items()}})
+                {"client_stats": demo.stats, "demonstrations": added})
             for k in ("dp_training_s", "sampling_s", "generator_load_s"):
                 if k in demo.stats:
                     self.results.add_time(f"client_{k[:-2]}", float(demo.stats[k]))
-            log.info("[server] %s: %d demonstrations received, %d kept by the filter",
-                     demo.client, len(demo.demos), len(kept))
+            log.info("[server] %s: %d DP demonstrations received (%d new)", demo.client,
+                     len(demo.demos), added.get("added", 0))
 
     # ------------------------------------------------------------------ train
 
     def configure_train(self, server_round: int, node_ids: Iterable[int]) -> list[Message]:
         messages = []
         for nid in node_ids:
-            pool = self.pools.get(nid)
-            if pool is None:
-                continue  # no demonstrations (failed or refused): nothing to augment from
             name = self.client_name(nid)
+            pool = self.service.pools.get(name)
+            if pool is None or not pool.demonstrations:
+                continue  # no demonstrations (failed or refused): nothing to augment from
             t0 = time.perf_counter()
-            samples, stats = augment(pool, pool.task, self.llm, self.aug_cfg, server_round,
-                                     self.rng, encoder=self.encoder)
+            try:
+                samples, stats = self.service.serve(name, server_round)
+            except Exception as exc:
+                self.results.record_failure(name, server_round, "augment",
+                                            f"{type(exc).__name__}: {exc}")
+                continue
             self.results.add_time("server_augmentation", time.perf_counter() - t0)
             self._round_server_stats.setdefault(name, {}).update(stats)
             self.results.write_samples(name, server_round, pool.task.label_names, samples)

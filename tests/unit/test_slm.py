@@ -97,9 +97,9 @@ SYNTHETIC = make_split(10, 10, seed=3, marker="synthmark")
 NONE: tuple[list[str], list[int]] = ([], [])
 
 # High learning rate: the tiny models start from random weights, not a pretrained checkpoint.
-FAST = {"bert": SLMConfig(model="tiny", epochs=4, batch_size=8, learning_rate=3e-3,
+FAST = {"bert": SLMConfig(model="tiny", epochs=10, batch_size=8, learning_rate=3e-3,
                           max_length=16, validation_fraction=0.2, warmup_ratio=0.0, seed=0),
-        "gpt2": SLMConfig(model="tiny", epochs=6, batch_size=8, learning_rate=5e-3,
+        "gpt2": SLMConfig(model="tiny", epochs=15, batch_size=8, learning_rate=5e-3,
                           max_length=16, validation_fraction=0.2, warmup_ratio=0.0, seed=0)}
 
 
