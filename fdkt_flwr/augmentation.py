@@ -594,6 +594,14 @@ def _pick_demos(
     return [pool[i] for i in order]
 
 
+def _drop_last_line(text: str) -> tuple[str, int]:
+    """``text`` without its last non-empty line, and 1 if a line was removed."""
+    lines = text.rstrip().splitlines()
+    if not lines:
+        return text, 0
+    return "\n".join(lines[:-1]), 1
+
+
 def _run_generation(
     task: TaskInfo,
     llm: LLM,
@@ -651,7 +659,12 @@ def _run_generation(
         prompts += len(convs)
         for gen, target in zip(gens, targets, strict=True):
             tokens += gen.num_tokens
-            records, drops = parse_samples(gen.text, task.label_names, default_label=target)
+            text = gen.text
+            if gen.num_tokens >= params.max_new_tokens:
+                # Cut off by the token limit: the last line is an unfinished sample.
+                text, cut = _drop_last_line(text)
+                val.dropped["truncated"] += cut
+            records, drops = parse_samples(text, task.label_names, default_label=target)
             val.dropped.update(drops)
             parsed += len(records)
             for text, lbl in records:

@@ -69,8 +69,8 @@ class GeneratorConfig:
                       "DP-SGD")
     lora_rank: int = _opt(8, "LoRA rank of the DP fine-tuning (0 = full fine-tuning)",
                           check="nonneg_int")
-    epochs: float = _opt(2.0, "DP fine-tuning epochs (steps = epochs / sample rate)",
-                         check="positive")
+    epochs: int = _opt(2, "DP fine-tuning epochs (steps = epochs / sample rate)",
+                       check="positive_int")
     batch_size: int = _opt(32, "expected Poisson batch size (sample rate = batch / N)",
                            check="positive_int")
     max_physical_batch_size: int = _opt(16, "largest batch held in memory at once",

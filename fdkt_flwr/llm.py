@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,12 @@ class LLMStats:
     def snapshot(self) -> dict[str, float]:
         """JSON-safe copy of the counters."""
         with self._lock:
-            d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+            d: dict[str, float] = {
+                "calls": self.calls,
+                "conversations": self.conversations,
+                "tokens": self.tokens,
+                "seconds": self.seconds,
+            }
         d["tokens_per_s"] = self.tokens_per_s
         return d
 

@@ -75,6 +75,11 @@ def _strip_text(s: str) -> str:
             s = s[1:-1]
         elif len(s) >= 3 and s[0] in _QUOTES and s[-2] in _QUOTES and s[-1] in ".,;":
             s = s[1:-2]
+    # A lone opening quote (answer cut off mid-sample) or closing quote.
+    if s and s[0] in _QUOTES and s.count(s[0]) == 1:
+        s = s[1:]
+    elif s and s[-1] in _QUOTES and s[-1] not in "'’" and s.count(s[-1]) == 1:
+        s = s[:-1]
     return re.sub(r"\s+", " ", s).strip()
 
 
@@ -303,6 +308,9 @@ def _inline_label(text: str, matcher: LabelMatcher) -> tuple[str, int | None, bo
     m = _BRACKET_PREFIX.match(text)
     if m and matcher.match(m.group(1)) is not None:
         return text[m.end() :], matcher.match(m.group(1)), True
+    if m and text[m.end() :].strip() and len(m.group(1).split()) <= 3 and text.lstrip()[0] == "[":
+        # "[awful] text": a short bracketed tag in front is a label claim, just not ours.
+        return text[m.end() :], None, True
     m2 = re.match(r"^\s*([^:\-–—|]{1,40}?)\s*(?::|\s[-–—|]\s)\s*(.*)$", text, re.DOTALL)
     # Only an exact name here: "Great taste: ..." must not become the label "great".
     if m2 and _norm_label(m2.group(1)) in matcher.exact.keys() | matcher.aliases.keys():

@@ -63,6 +63,13 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _eps_str(x: float) -> str:
+    """ε for messages: 9.1, 8.0, 25.84, 0.0042, inf."""
+    if math.isinf(x):
+        return "inf"
+    return str(round(x, 2)) if abs(x) >= 0.1 else f"{x:.2g}"
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -90,9 +97,7 @@ class PrivacySpec:
     def __post_init__(self) -> None:
         eps = self.epsilon
         if not _is_number(eps) or math.isnan(eps) or eps <= 0:
-            raise PrivacyError(
-                f"privacy.epsilon={_fmt(eps)}: must be > 0 (or inf for non-private)"
-            )
+            raise PrivacyError(f"privacy.epsilon={_fmt(eps)}: must be > 0 (or inf for non-private)")
         d = self.delta
         if not _is_number(d) or math.isnan(d) or not 0 < d < 1:
             raise PrivacyError(f"privacy.delta={_fmt(d)}: must be in (0, 1)")
@@ -223,7 +228,7 @@ def _bisect_sigma(
     """
 
     def eps_at(sigma: float) -> float:
-        return _epsilon_cached(prefix + ((sigma, sample_rate, steps),), delta, accountant)
+        return _epsilon_cached((*prefix, (sigma, sample_rate, steps)), delta, accountant)
 
     sigma_low, sigma_high = 0.0, 10.0
     eps_high = math.inf
@@ -400,22 +405,22 @@ class PrivacyLedger:
 
     def epsilon_if(self, release: Release) -> float:
         """ε the ledger would show after recording `release`."""
-        return compute_epsilon(self.history + [release.entry], self.delta, self.accountant)
+        return compute_epsilon([*self.history, release.entry], self.delta, self.accountant)
 
     def check(self, release: Release) -> None:
         """Raise `BudgetExceededError` if `release` would exceed the budget; records nothing."""
         if release.noise_multiplier == 0 and self.is_private:
             raise BudgetExceededError(
                 "privacy budget exceeded: a release without noise (non-private) has ε=inf "
-                f"> budget {self.epsilon:.4g}; nothing was spent"
+                f"> budget {_eps_str(self.epsilon)}; nothing was spent"
             )
         if not self.is_private:
             return  # an infinite budget admits everything
         eps = self.epsilon_if(release)
         if eps > self.epsilon:
             raise BudgetExceededError(
-                f"privacy budget exceeded: this release would bring ε to {eps:.4g} > budget "
-                f"{self.epsilon:.4g}; nothing was spent"
+                f"privacy budget exceeded: this release would bring ε to {_eps_str(eps)} > "
+                f"budget {_eps_str(self.epsilon)}; nothing was spent"
             )
 
     def record(self, release: Release) -> float:
@@ -447,8 +452,8 @@ class PrivacyLedger:
         prefix = tuple(self.history)
         if compute_epsilon(self.history, self.delta, self.accountant) >= self.epsilon:
             raise BudgetExceededError(
-                f"privacy budget exceeded: ε already spent is {self.spent():.4g} of budget "
-                f"{self.epsilon:.4g}; nothing was spent"
+                f"privacy budget exceeded: ε already spent is {_eps_str(self.spent())} of "
+                f"budget {_eps_str(self.epsilon)}; nothing was spent"
             )
         return _bisect_sigma(
             prefix, sample_rate, steps, self.epsilon, self.delta, self.accountant, tol

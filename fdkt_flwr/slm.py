@@ -85,7 +85,8 @@ class SLMConfig:
     synthetic_epochs: int = 1
     # Fraction of the PRIVATE data held out for model selection (stratified, seeded).
     validation_fraction: float = 0.15
-    # Keep the epoch with the best validation macro-F1 (ties: accuracy, then the earlier epoch).
+    # Keep the epoch with the best validation macro-F1 (ties: accuracy, then validation loss,
+    # then the earlier epoch).
     select_best: bool = True
     seed: int = 0
     device: str = "auto"  # "auto" = cuda when available, else cpu
@@ -255,12 +256,19 @@ class _Classifier:
         target = torch.tensor(list(labels), dtype=torch.long, device=device)
         return F.cross_entropy(logits.float(), target, reduction="none")
 
-    def predict_batch(self, model: Any, rows: Sequence[Sequence[int]], device: torch.device,
-                      batch_size: int) -> list[int]:
-        out: list[int] = []
+    def predict_batch(self, model: Any, rows: Sequence[Sequence[int]],
+                      labels: Sequence[int] | None, device: torch.device,
+                      batch_size: int) -> tuple[list[int], list[float]]:
+        """Predicted label ids, and per-example losses when ``labels`` are given."""
+        preds: list[int] = []
+        losses: list[float] = []
         for start in range(0, len(rows), batch_size):
-            out += self._logits(model, rows[start:start + batch_size], device).argmax(-1).tolist()
-        return out
+            logits = self._logits(model, rows[start:start + batch_size], device).float()
+            preds += logits.argmax(-1).tolist()
+            if labels is not None:
+                gold = torch.tensor(list(labels[start:start + batch_size]), device=device)
+                losses += F.cross_entropy(logits, gold, reduction="none").tolist()
+        return preds, losses
 
 
 class _CausalScorer:
@@ -332,36 +340,53 @@ class _CausalScorer:
         nll, length = self._target_nll(model, rows, labels, device)
         return nll / length  # mean per answer token, so long label names do not dominate
 
-    def predict_batch(self, model: Any, rows: Sequence[Sequence[int]], device: torch.device,
-                      batch_size: int) -> list[int]:
+    def predict_batch(self, model: Any, rows: Sequence[Sequence[int]],
+                      labels: Sequence[int] | None, device: torch.device,
+                      batch_size: int) -> tuple[list[int], list[float]]:
+        """Predicted label ids, and per-example losses when ``labels`` are given."""
         k = len(self.targets)
         per_batch = max(1, batch_size // k)
-        out: list[int] = []
+        lengths = torch.tensor([len(t) for t in self.targets], dtype=torch.float32)
+        preds: list[int] = []
+        losses: list[float] = []
         for start in range(0, len(rows), per_batch):
             chunk = rows[start:start + per_batch]
             prompts = [p for p in chunk for _ in range(k)]
-            labels = [y for _ in chunk for y in range(k)]
-            nll, _ = self._target_nll(model, prompts, labels, device)
+            candidates = [y for _ in chunk for y in range(k)]
+            nll = self._target_nll(model, prompts, candidates, device)[0].view(len(chunk), k)
             # Highest log-likelihood of the whole verbalizer (a proper P(label | text)).
-            out += nll.view(len(chunk), k).argmin(-1).tolist()
-        return out
+            preds += nll.argmin(-1).tolist()
+            if labels is not None:
+                # The training loss of the gold verbalizer (mean per answer token).
+                per_token = nll.cpu() / lengths
+                gold = labels[start:start + per_batch]
+                losses += [float(per_token[i, y]) for i, y in enumerate(gold)]
+        return preds, losses
 
 
-def _predict(strategy: Any, model: Any, rows: Sequence[Sequence[int]], device: torch.device,
-             batch_size: int) -> list[int]:
-    """Predict in length-sorted batches (less padding on CPU), returned in the input order."""
+def _predict(
+    strategy: Any, model: Any, rows: Sequence[Sequence[int]], device: torch.device,
+    batch_size: int, labels: Sequence[int] | None = None,
+) -> tuple[list[int], float | None]:
+    """Predictions in the input order, and the mean loss when ``labels`` are given.
+
+    Batches are sorted by length (less padding, which matters on a CPU).
+    """
     if not rows:
-        return []
+        return [], None
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        sorted_preds = strategy.predict_batch(model, [rows[i] for i in order], device, batch_size)
+        sorted_preds, losses = strategy.predict_batch(
+            model, [rows[i] for i in order],
+            None if labels is None else [labels[i] for i in order], device, batch_size,
+        )
     model.train(was_training)
     preds = [0] * len(rows)
     for i, p in zip(order, sorted_preds, strict=True):
         preds[i] = int(p)
-    return preds
+    return preds, (float(np.mean(losses)) if labels is not None else None)
 
 
 # --------------------------------------------------------------------------- training
@@ -388,7 +413,8 @@ class TrainedSLM:
     def predict(self, texts: Sequence[str]) -> list[int]:
         """Label ids for ``texts`` (the model is put in eval mode)."""
         rows = self._strategy.encode(list(texts))
-        return _predict(self._strategy, self.model, rows, self._device, self.cfg.eval_batch_size)
+        return _predict(self._strategy, self.model, rows, self._device,
+                        self.cfg.eval_batch_size)[0]
 
     def evaluate(self, texts: Sequence[str], labels: Sequence[int]) -> dict[str, Any]:
         """:func:`~fdkt_flwr.metrics.classification_metrics` of :meth:`predict` on a split."""
@@ -518,7 +544,7 @@ def train_slm(
     torch.manual_seed(cfg.seed)  # dropout stream independent of what the loader consumed
 
     history: list[dict[str, Any]] = []
-    best: tuple[float, float] | None = None
+    best: tuple[float, float, float] | None = None
     best_epoch, best_state, best_val = len(passes), None, None
     val_metrics: dict[str, Any] | None = None
     say(f"training {strategy.kind} on {len(train_rows)} private + {len(syn_rows)} synthetic "
@@ -544,18 +570,21 @@ def train_slm(
             weight_sum += float(weights.sum())
         entry: dict[str, Any] = {"epoch": epoch, "phase": phase, "examples": len(rows),
                                  "loss": loss_sum / max(weight_sum, 1e-12),
-                                 "val_accuracy": None, "val_macro_f1": None}
+                                 "val_accuracy": None, "val_macro_f1": None, "val_loss": None}
         message = f"epoch {epoch}/{len(passes)} ({phase}) loss {entry['loss']:.4f}"
         if val_rows:
-            val_metrics = classification_metrics(
-                val_y, _predict(strategy, model, val_rows, device, cfg.eval_batch_size),
-                num_labels, names,
-            )
+            val_pred, val_loss = _predict(strategy, model, val_rows, device,
+                                          cfg.eval_batch_size, val_y)
+            val_metrics = classification_metrics(val_y, val_pred, num_labels, names)
+            val_metrics["loss"] = val_loss
             entry["val_accuracy"] = val_metrics["accuracy"]
             entry["val_macro_f1"] = val_metrics["macro_f1"]
+            entry["val_loss"] = val_loss
             message += (f" val macro-F1 {val_metrics['macro_f1']:.4f}"
-                        f" acc {val_metrics['accuracy']:.4f}")
-            score = (val_metrics["macro_f1"], val_metrics["accuracy"])
+                        f" acc {val_metrics['accuracy']:.4f} loss {val_loss:.4f}")
+            # Small validation splits often tie on macro-F1 and accuracy (e.g. while the model
+            # still predicts the majority class); the validation loss then breaks the tie.
+            score = (val_metrics["macro_f1"], val_metrics["accuracy"], -float(val_loss or 0.0))
             if cfg.select_best and (best is None or score > best):
                 best, best_epoch, best_val = score, epoch, val_metrics
                 # A CPU copy: the selected weights survive later epochs without doubling
@@ -605,11 +634,18 @@ def train_and_evaluate(
     ``private``, ``synthetic`` and ``test`` are ``(texts, labels)`` with label ids in
     ``[0, len(label_names))``. ``synthetic`` may be empty: that is the local-only baseline.
 
-    Returns ``{"test": classification_metrics, "validation": classification_metrics | None,
-    "num_train_private", "num_synthetic", "num_synthetic_used", "num_validation", "best_epoch"
-    (1-based index into "history"), "selection" (how the epoch was chosen), "history" (per epoch:
-    phase, loss, validation metrics), "model_kind", "majority_rate" (test accuracy of always
-    predicting the most frequent training label), "config", "train_seconds", "seconds"}``.
+    Returns a JSON-ready dict without any text:
+
+    * ``test``: :func:`~fdkt_flwr.metrics.classification_metrics` of the selected model;
+    * ``validation``: the same (plus the mean ``loss``) on the private validation split for the
+      selected epoch, or None when there was no validation split;
+    * ``num_train_private``, ``num_synthetic`` (given), ``num_synthetic_used`` (0 when
+      ``synthetic_weight == 0``), ``num_validation``;
+    * ``best_epoch`` (1-based index into ``history``), ``selection`` (how it was chosen),
+      ``history`` (per epoch: phase, examples, training loss, validation metrics);
+    * ``model_kind`` (``sequence-classifier`` or ``causal-lm-scorer``), ``majority_rate`` (test
+      accuracy of always predicting the most frequent training label), ``config``,
+      ``train_seconds``, ``seconds``.
     """
     started = time.perf_counter()
     cfg = cfg or SLMConfig()

@@ -19,7 +19,7 @@ TINY = {
     "num-server-rounds": 1,
     "dataset.private-size": 24,
     "dataset.test-size": 24,
-    "generator.epochs": 1.0,
+    "generator.epochs": 1,
     "generator.batch-size": 8,
     "generator.max-length": 32,
     "generator.demos-per-label": 2,

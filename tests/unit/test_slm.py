@@ -8,9 +8,12 @@ working trainer separates easily.
 from __future__ import annotations
 
 import random
+import re
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import (
     BertConfig,
@@ -29,13 +32,23 @@ from fdkt_flwr.slm import (
 )
 
 FRUIT = ["apple", "banana", "cherry", "grape", "lemon", "mango", "peach", "plum"]
-VEHICLE = ["car", "truck", "bus", "train", "plane", "boat", "bike", "ship"]
+VEHICLE = ["car", "truck", "bus", "tram", "plane", "boat", "bike", "ship"]
 LABELS = ["fruit", "vehicle"]
 # Markers that let the isolation test recognise test and synthetic texts inside model inputs.
 MARKERS = ["testmark", "synthmark"]
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[EOS]"]
 VOCAB = {w: i for i, w in enumerate(SPECIALS + FRUIT + VEHICLE + LABELS + MARKERS
                                     + ["label", ":"])}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine the thread
+    # pool's spinning makes them several times slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def make_tokenizer(causal: bool) -> PreTrainedTokenizerFast:
@@ -216,7 +229,7 @@ def test_progress_reports_no_text() -> None:
                        progress=messages.append, model_loader=bert_loader)
     assert any("epoch 1/2" in m and "loss" in m and "val macro-F1" in m for m in messages)
     words = set(FRUIT + VEHICLE + MARKERS)
-    assert not any(w in m for m in messages for w in words)
+    assert not any(words & set(re.findall(r"[a-z]+", m.lower())) for m in messages)
 
 
 # --------------------------------------------------------------------------- policies
