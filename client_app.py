@@ -9,13 +9,17 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from fdkt_flwr.client import ClientState, FdktClient
+from fdkt_flwr.client import ClientState, FdktClient, leak_index_for
 from fdkt_flwr.config import from_flat
+from fdkt_flwr.leakguard import make_leak_guard
 from fdkt_flwr.protocol import SynthesizeRequest, TrainRequest
 
-app = ClientApp()
 _flwr_log = logging.getLogger("flwr")
 _STATE_KEY = "fdkt"
+
+# Every reply passes the leak guard: a message carrying private text is blocked and reported.
+app = ClientApp(mods=[make_leak_guard(
+    lambda ctx: leak_index_for(from_flat(ctx.run_config), ctx.node_config))])
 
 
 def _client(context: Context) -> FdktClient:

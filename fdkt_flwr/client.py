@@ -54,6 +54,24 @@ def load_client_data(cfg: FdktConfig, node_config: Mapping[str, Any]) -> ClientD
                        int(node_config["num-partitions"]), cfg.seed)
 
 
+_LEAK_INDEXES: dict[tuple, Any] = {}
+
+
+def leak_index_for(cfg: FdktConfig, node_config: Mapping[str, Any]):
+    """The client's leak-guard index (cached per process), or None when the guard is off."""
+    if not cfg.privacy.leak_guard:
+        return None
+    from fdkt_flwr.leakguard import LeakIndex
+
+    ds = node_dataset_config(cfg, node_config)
+    key = (repr(ds), cfg.seed, cfg.privacy.leak_guard_span,
+           tuple(sorted((k, str(v)) for k, v in node_config.items())))
+    if key not in _LEAK_INDEXES:
+        data = load_client_data(cfg, node_config)
+        _LEAK_INDEXES[key] = LeakIndex(data.private.texts, span=cfg.privacy.leak_guard_span)
+    return _LEAK_INDEXES[key]
+
+
 @dataclass
 class ClientState:
     """What a client keeps between rounds (and, for the ledger, between runs)."""
@@ -192,7 +210,8 @@ class FdktClient:
         s = self.cfg.slm
         scfg = SLMConfig(model=s.model, epochs=s.epochs, batch_size=s.batch_size,
                          learning_rate=s.learning_rate, max_length=s.max_length,
-                         synthetic_weight=s.synthetic_weight,
+                         synthetic_weight=s.synthetic_weight, schedule=s.schedule,
+                         validation_fraction=s.validation_fraction,
                          seed=self.cfg.seed * 1000 + self.data.partition_id)
         priv = (self.data.private.texts, self.data.private.labels)
         test = (self.data.test.texts, self.data.test.labels)

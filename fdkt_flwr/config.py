@@ -61,6 +61,9 @@ class PrivacyConfig:
     noise_multiplier: float = _opt(0.0, "σ; 0 = calibrate σ to spend the budget ε",
                                    check="nonneg")
     accountant: str = _opt("prv", "privacy accountant", choices=("prv", "rdp"))
+    leak_guard: bool = _opt(True, "block any client reply that carries private text verbatim")
+    leak_guard_span: int = _opt(12, "consecutive private words that count as a leak",
+                                check="positive_int")
 
 
 @dataclass
@@ -116,12 +119,17 @@ class SelectionConfig:
 class SLMConfig:
     model: str = _opt("all-minilm-l6-v2", "client task model (encoder classifier, or a causal "
                       "LM scored by label likelihood)")
-    epochs: int = _opt(3, "training epochs", check="positive_int")
+    epochs: int = _opt(4, "training epochs (the best on validation is kept)",
+                       check="positive_int")
     batch_size: int = _opt(16, "training batch size", check="positive_int")
-    learning_rate: float = _opt(5e-5, "learning rate", check="positive")
+    learning_rate: float = _opt(2e-4, "learning rate", check="positive")
     max_length: int = _opt(128, "tokens per example", check="positive_int")
     synthetic_weight: float = _opt(1.0, "loss weight of a synthetic example relative to a "
                                    "private one", check="nonneg")
+    schedule: str = _opt("mixed", "how private and synthetic data are mixed",
+                         choices=("mixed", "synthetic-first"))
+    validation_fraction: float = _opt(0.15, "share of the PRIVATE data held out for model "
+                                      "selection (never the test split)", check="fraction_open")
     baseline: bool = _opt(True, "also train the local-only baseline on the same split")
 
 

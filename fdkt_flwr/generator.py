@@ -412,6 +412,11 @@ def train_dp_generator(
         ledger.check(release)
 
     torch.manual_seed(cfg.seed)  # dropout and LoRA initialisation
+    # Train in fp32 (a bf16 model from the GPU loader would clip and noise in bf16, where
+    # per-example norms and small noise lose precision); cast back for sampling afterwards.
+    orig_dtype = next(model.parameters()).dtype
+    if orig_dtype != torch.float32:
+        model = model.float()
     encoded = [
         encode_example(tokenizer, code, text, cfg.max_length)
         for text, code in zip(texts, control_codes, strict=True)
@@ -430,7 +435,7 @@ def train_dp_generator(
         model = _train_non_private(model, dataset, collate, cfg, steps, progress, t0)
 
     ledger.record(release)
-    model = _finalize(model)
+    model = _finalize(model).to(orig_dtype)
     report = PrivacyReport(
         private=spec.is_private,
         target_epsilon=spec.epsilon,
@@ -529,7 +534,8 @@ def _train_private(
     if hasattr(dp_model, "forbid_grad_accumulation"):
         # Poisson sampling: per-sample grads must never accumulate across logical batches.
         dp_model.forbid_grad_accumulation()
-    assert optimizer.max_grad_norm == spec.max_grad_norm  # the old port ignored this setting
+    if optimizer.max_grad_norm != spec.max_grad_norm:  # the old port ignored this setting
+        raise RuntimeError("Opacus optimizer does not clip at privacy.max-grad-norm")
 
     logical = 0
     empty = 0
@@ -578,6 +584,10 @@ def _train_private(
                         )
 
     taken = sum(n_steps for _, _, n_steps in engine.accountant.history)
+    if any((s, r) != (sigma, q) for s, r, _ in engine.accountant.history):
+        raise RuntimeError(
+            f"Opacus accounted {engine.accountant.history}, expected σ={sigma}, q={q}"
+        )
     if logical != steps or taken != steps:
         # The ledger accounts for exactly `steps`; anything else is a bug, not a detail.
         raise RuntimeError(f"DP-SGD took {logical} steps ({taken} accounted), expected {steps}")

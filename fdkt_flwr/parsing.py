@@ -262,6 +262,7 @@ class _Line:
     text: str
     label: int | None
     labelled: bool
+    marked: bool = False  # started with a list marker ("1.", "-", "*", ...)
 
 
 def _parse_line(line: str, matcher: LabelMatcher) -> _Line | str:
@@ -269,7 +270,9 @@ def _parse_line(line: str, matcher: LabelMatcher) -> _Line | str:
     s = line.strip()
     if not s:
         return "empty"
-    s = _LIST_MARKER.sub("", s, count=1)
+    unmarked = _LIST_MARKER.sub("", s, count=1)
+    marked = unmarked != s
+    s = unmarked
     s = s.replace("**", "").strip()
     label: int | None = None
     labelled = False
@@ -297,10 +300,10 @@ def _parse_line(line: str, matcher: LabelMatcher) -> _Line | str:
         if not text:
             return "empty"
         if _norm_label(text) in matcher.exact:  # a bare label name on its own line
-            return _Line("", matcher.exact[_norm_label(text)], True)
+            return _Line("", matcher.exact[_norm_label(text)], True, marked)
         if text.endswith(":") or _PREAMBLE.match(text):
             return "preamble"
-    return _Line(text, label, labelled)
+    return _Line(text, label, labelled, marked)
 
 
 def _inline_label(text: str, matcher: LabelMatcher) -> tuple[str, int | None, bool]:
@@ -324,12 +327,18 @@ def _inline_label(text: str, matcher: LabelMatcher) -> tuple[str, int | None, bo
 def _records_from_lines(
     lines: list[str], matcher: LabelMatcher, default_label: int | None, drops: Counter[str]
 ) -> list[Record]:
-    """Line-based records; a label-only line labels the text line next to it."""
+    """Line-based records; a label-only line labels the text line next to it.
+
+    When the answer is a list (two or more marked lines), an unmarked line that would only get
+    the default label is commentary or a stray continuation, not a sample: it is dropped as
+    ``outside_list``.
+    """
     parsed: list[_Line | str] = []
     for line in lines:
         if not line.strip() or re.fullmatch(r"\s*(?:```\w*|[-=*_]{3,})\s*", line):
             continue
         parsed.append(_parse_line(line, matcher))
+    list_mode = sum(1 for p in parsed if isinstance(p, _Line) and p.marked) >= 2
     records: list[Record] = []
     pending: int | None = None  # label from a "Label: x" line waiting for its text
     i = 0
@@ -356,6 +365,9 @@ def _records_from_lines(
                     label = nxt.label
                     i += 1
             if label is None:
+                if list_mode and not cur.marked:
+                    drops["outside_list"] += 1
+                    continue
                 label = default_label
         pending = None
         if label is None:
@@ -414,6 +426,19 @@ _KEEP_WORDS = r"keep|kept|select(?:ed)?|choose|chosen|accept(?:ed)?|good|valid|r
 _DROP_WORDS = r"remove[ds]?|drop(?:ped)?|discard(?:ed)?|reject(?:ed)?|exclude[ds]?|delete[ds]?|bad"
 _ALL = re.compile(r"\b(?:all(?: of them| samples| the samples)?|every(?:thing| sample)?)\b", re.I)
 _NONE = re.compile(r"\b(?:none|nothing|no samples?)\b", re.I)
+_DECISION_LINE = re.compile(
+    rf"^\W*(?:answer\W*|i\s+(?:would|will)\s+|please\s+)?({_KEEP_WORDS}|{_DROP_WORDS})\b"
+    r"[^:\d]{0,25}?[:=]?\s*(.*)$",
+    re.I,
+)
+_FILLER = frozenset(
+    {
+        "sample", "samples", "example", "examples", "number", "numbers", "no", "and", "or",
+        "the", "are", "is", "good", "keep", "only", "to", "of", "them", "these", "those", "all",
+        "except", "but", "not", "other", "than", "besides", "items", "item", "ones", "should",
+        "be", "kept", "correct", "valid", "i", "would", "answer", "removed", "remove", "drop",
+    }
+)  # fmt: skip
 _EXCEPT = re.compile(r"\b(?:except|but not|other than|besides)\b", re.I)
 _VERDICT = re.compile(
     r"^\s*(?:sample\s*)?#?(\d{1,3})\s*[.):\-]?\s*(?:\*\*)?\s*"
@@ -475,7 +500,8 @@ def _parse_selection(answer: str, n: int, full: set[int]) -> set[int] | None:
                     return full - idx if re.fullmatch(_DROP_WORDS, str(k), re.I) else idx
     lines = [ln for ln in text.splitlines() if ln.strip()]
     # Per-sample verdicts: "1. Yes", "2: no - off topic".
-    verdicts = [m for m in (_VERDICT.match(ln) for ln in lines) if m]
+    # Short lines only: "1. Good bread, crusty and fresh ..." is an echoed sample, not a verdict.
+    verdicts = [m for m in (_VERDICT.match(ln) for ln in lines if len(ln.split()) <= 12) if m]
     if len(verdicts) >= 2 or (verdicts and n == 1):
         keep = {
             int(m.group(1)) - 1
@@ -485,7 +511,7 @@ def _parse_selection(answer: str, n: int, full: set[int]) -> set[int] | None:
         return {i for i in keep if i in full}
     # A "Keep: ..." or "Remove: ..." line wins over anything else.
     for ln in lines:
-        m = re.search(rf"\b({_KEEP_WORDS}|{_DROP_WORDS})\b[^:\d]{{0,20}}[:=]?\s*(.*)$", ln, re.I)
+        m = _DECISION_LINE.match(ln)
         if not m:
             continue
         drop = re.fullmatch(_DROP_WORDS, m.group(1), re.I) is not None
@@ -496,6 +522,8 @@ def _parse_selection(answer: str, n: int, full: set[int]) -> set[int] | None:
                 return set() if drop else set(full)
             if _NONE.search(rest):
                 return set(full) if drop else set()
+            continue
+        if not _numbers_dominate(rest):
             continue
         idx = _to_indices(nums, n)
         if idx is None:
@@ -514,8 +542,17 @@ def _parse_selection(answer: str, n: int, full: set[int]) -> set[int] | None:
     if re.match(r"^\W*(?:none|nothing|no\b)", first, re.I):
         return set()
     # The first line that carries numbers, e.g. "1, 3, 4" or "Samples 1 and 3 are good".
+    # A line that is mostly words ("1. [great] This bread was...") echoes a sample instead.
     for ln in lines:
         nums = _numbers(ln)
+        if nums and ln.rstrip().endswith(":"):
+            continue  # a header such as "Example 1:" introduces an echo, it decides nothing
         if nums:
-            return _to_indices(nums, n)
+            return _to_indices(nums, n) if _numbers_dominate(ln) else None
     return None
+
+
+def _numbers_dominate(s: str) -> bool:
+    """True when ``s`` is a list of numbers with at most a few words around them."""
+    words = [w for w in re.findall(r"[^\W\d_]+", s) if w.casefold() not in _FILLER]
+    return len(words) <= 3

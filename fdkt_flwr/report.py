@@ -358,7 +358,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
                             "n_done": int(per_seed["baseline_accuracy"].notna().sum()),
                             "n_jobs": int(per_seed.shape[0]), "accuracy_mean": acc_m,
                             "accuracy_std": acc_s, "macro_f1_mean": f1_m, "macro_f1_std": f1_s})
-        eps_values = sorted({e for e in g_all["epsilon"] if num(e) is not None},
+        # ε <= 0 only comes from a job rejected as invalid: listed with the failed jobs only
+        eps_values = sorted({e for e in g_all["epsilon"] if (num(e) or 0) > 0},
                             key=lambda e: (math.isinf(e), e))
         for eps in eps_values:
             ge = g[g["epsilon"] == eps]
@@ -471,7 +472,8 @@ def plot_privacy_utility(summary: pd.DataFrame, path: Path, settings: Sequence[s
             if not base.empty and num(base.iloc[0]["accuracy_mean"]) is not None:
                 m, s = float(base.iloc[0]["accuracy_mean"]), num(base.iloc[0]["accuracy_std"])
                 ax.axhline(m, color="0.35" if not settings else color, lw=1.4, ls=":",
-                           label=f"local-only baseline{suffix}")
+                           label=f"local-only baseline{suffix}" + (" (band: ± std)" if s
+                                                                   else ""))
                 if s:
                     ax.axhspan(m - s, m + s, color="0.5", alpha=0.12, lw=0)
                 plotted = True
@@ -728,8 +730,11 @@ def _privacy_rows(res: Mapping[str, Any], clients: list[str]) -> list[dict[str, 
 
 
 def _plot_privacy(rows: list[dict[str, Any]], path: Path) -> Path | None:
-    if not any(r["spent"] is not None or r["target"] is not None for r in rows):
-        return None
+    def non_private(r: dict[str, Any]) -> bool:
+        return r["private"] is False or (r["target"] is not None and math.isinf(r["target"]))
+
+    if all(non_private(r) or (r["spent"] is None and r["target"] is None) for r in rows):
+        return None  # nothing to draw: the table says "∞" for every client
     plt = _pyplot()
     with plt.rc_context(_STYLE):
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -739,9 +744,9 @@ def _plot_privacy(rows: list[dict[str, Any]], path: Path) -> Path | None:
         top = max(finite) * 1.25 if finite else 1.0
         w = 0.38
         for i, r in enumerate(rows):
-            if r["private"] is False or (r["target"] is not None and math.isinf(r["target"])):
-                ax.text(i, top * 0.5, "∞\nnon-private", ha="center", va="center",
-                        color="0.35", fontsize=10)
+            if non_private(r):
+                ax.text(i, top * 0.5, "ε = ∞\nnon-private", ha="center", va="center",
+                        color="0.35", fontsize=11)
                 continue
             if r["target"] is not None:
                 b = ax.bar(i - w / 2, r["target"], w, color="0.8", edgecolor="0.5",
@@ -752,6 +757,7 @@ def _plot_privacy(rows: list[dict[str, Any]], path: Path) -> Path | None:
                            label="spent (accountant)" if i == 0 else None)
                 ax.bar_label(b, fmt="%.2f", fontsize=9, padding=2)
         ax.set_xticks(range(len(rows)), [r["client"] for r in rows])
+        ax.set_xlim(-0.6, len(rows) - 0.4)
         ax.set_ylim(0, top * 1.1)
         ax.set_ylabel("ε")
         ax.set_xlabel("client")
@@ -861,6 +867,11 @@ def run_report(run_dir: Path | str, samples_per_label: int = 2) -> Path:
                                list(names), run_dir / "label_distribution.png"),
         "synthetic": _plot_synthetic(synth, run_dir / "synthetic_data.png"),
     }
+    for name in ("accuracy_per_round", "privacy_budget", "label_distribution",
+                 "synthetic_data"):  # a plot of an earlier report must not outlive its data
+        png = run_dir / f"{name}.png"
+        if png not in plots.values():
+            png.unlink(missing_ok=True)
     md = _run_markdown(run_dir, res, cfg, clients, priv, synth, private_counts, plots,
                        samples_per_label)
     out = run_dir / "report.md"

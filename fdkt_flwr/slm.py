@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fdkt_flwr.config import SLMConfig as _RunSLMConfig
 from fdkt_flwr.metrics import classification_metrics, majority_rate
 
 __all__ = [
@@ -54,6 +55,8 @@ Progress = Callable[[str], None]
 ModelLoader = Callable[[str, int], tuple[Any, Any]]
 
 SCHEDULES = ("mixed", "synthetic-first")
+# Defaults of the settings that the run config exposes come from fdkt_flwr.config (one place).
+_RUN = _RunSLMConfig()
 # Appended to every text in the causal-LM path; the label verbalizer (" <name>" + EOS) follows.
 CAUSAL_PROMPT_SUFFIX = "\nLabel:"
 
@@ -62,29 +65,33 @@ CAUSAL_PROMPT_SUFFIX = "\nLabel:"
 class SLMConfig:
     """How the client SLM is trained. Defaults are sized for a 2-core CPU and ~100-1000 examples.
 
-    With 128 private fine-food reviews, all-MiniLM-L6-v2 at these defaults trains in about a
-    minute on 2 CPU cores (see the module's measurement notes in the project docs).
+    Measured: all-MiniLM-L6-v2 on 128 private fine-food reviews (109 train / 19 validation) at
+    these defaults trains in ~10-30 s per epoch on a shared 2-core CPU and reaches 0.74 test
+    accuracy on 200 reviews (majority rate 0.64). At lr 1e-4 and 3 epochs (21 steps) it still
+    predicted the majority class only, hence the higher rate and the extra epoch.
     """
 
-    model: str = "all-minilm-l6-v2"
-    epochs: int = 3
-    batch_size: int = 16
+    model: str = _RUN.model
+    epochs: int = _RUN.epochs
+    batch_size: int = _RUN.batch_size
     eval_batch_size: int = 64
-    learning_rate: float = 1e-4
-    max_length: int = 128
+    learning_rate: float = _RUN.learning_rate
+    max_length: int = _RUN.max_length
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
-    # Loss weight of a synthetic example relative to a private one (weight 1). 0 drops the
-    # synthetic data entirely, which is then exactly the local-only baseline.
-    synthetic_weight: float = 1.0
+    # Loss weight of a synthetic example relative to a private one (weight 1); a batch's loss is
+    # the weighted mean of its examples' losses. 0 drops the synthetic data entirely, which is
+    # then exactly the local-only baseline. Under "synthetic-first" the synthetic phase's batches
+    # are all synthetic, so there only 0 versus > 0 matters.
+    synthetic_weight: float = _RUN.synthetic_weight
     # "mixed": private-train and synthetic shuffled together every epoch.
     # "synthetic-first": `synthetic_epochs` passes over synthetic only, then `epochs` passes over
     # private-train only (pre-train on the server's data, then adapt to the client's).
-    schedule: str = "mixed"
+    schedule: str = _RUN.schedule
     synthetic_epochs: int = 1
     # Fraction of the PRIVATE data held out for model selection (stratified, seeded).
-    validation_fraction: float = 0.15
+    validation_fraction: float = _RUN.validation_fraction
     # Keep the epoch with the best validation macro-F1 (ties: accuracy, then validation loss,
     # then the earlier epoch).
     select_best: bool = True
@@ -300,8 +307,12 @@ class _CausalScorer:
             raise ValueError(f"max_length={max_length} leaves no room for the text next to the "
                              "prompt suffix and the label verbalizer")
         params = inspect.signature(model.forward).parameters
+        forwards_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        # logits_to_keep only when declared (the slicing below gives the same result anyway);
+        # position_ids also through **kwargs, as wrappers such as PEFT models forward them and
+        # left padding is wrong without them.
         self.accepts_keep = "logits_to_keep" in params
-        self.accepts_positions = "position_ids" in params
+        self.accepts_positions = "position_ids" in params or forwards_kwargs
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         prompts = _tokenize(self.tokenizer, texts, self.text_budget)

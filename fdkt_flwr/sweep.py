@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import logging
 import math
@@ -59,6 +60,7 @@ log = logging.getLogger("fdkt-sweep")
 
 ADHOC = "adhoc"  # sweep folder name when no experiment preset is selected
 NO_OVERRIDES = "defaults"  # job folder name of a job without overrides
+MAX_DIRNAME = 150  # bytes; file systems allow 255 per path component
 
 # Run-config keys that do not change what a run computes (where it writes does not).
 _IGNORED_FOR_SKIP = ("output-dir",)
@@ -72,14 +74,26 @@ def sweep_name(experiment: Any) -> str:
     return s if s and s not in ("None", "null") else ADHOC
 
 
-def job_subdir(override_dirname: Any) -> str:
+def job_subdir(override_dirname: Any, overrides: Any = None) -> str:
     """A job's folder name: its overrides (Hydra's ``override_dirname``) or ``defaults``.
 
     The override string is what makes a re-run find the same folder; Hydra sorts it, so the
-    order on the command line does not matter.
+    order on the command line does not matter. A ``/`` in a value (a file path) becomes
+    ``%2F`` rather than a sub-folder. A name too long for the file system (many fixed
+    overrides) keeps only the swept keys of this multirun (they tell jobs apart) plus a hash of
+    the whole string (so that other fixed overrides still give other folders).
     """
-    s = "" if override_dirname is None else str(override_dirname)
-    return s or NO_OVERRIDES
+    s = ("" if override_dirname is None else str(override_dirname)).replace(os.sep, "%2F")
+    if not s:
+        return NO_OVERRIDES
+    if len(s.encode()) <= MAX_DIRNAME:
+        return s
+    items = [str(o).replace(os.sep, "%2F") for o in (overrides or [])]
+    swept = sorted(o for o in items if o.partition("=")[0].lstrip("+~") in _STATE.swept_keys)
+    head = ",".join(swept)
+    if not head or len(head.encode()) > MAX_DIRNAME:
+        head = s.encode()[: MAX_DIRNAME // 2].decode(errors="ignore")
+    return f"{head}__{hashlib.sha1(s.encode()).hexdigest()[:10]}"
 
 
 def _register_resolvers() -> None:
@@ -214,6 +228,7 @@ class _SweepState:
     """What the callback knows about the running multirun (same process as the jobs)."""
 
     total: int | None = None
+    swept_keys: set[str] = field(default_factory=set)  # keys with more than one value
     sweep_dir: Path | None = None
     started: float = field(default_factory=time.monotonic)
     statuses: dict[int, str] = field(default_factory=dict)
@@ -272,6 +287,9 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.monotonic()
     try:
         app, launch = split(cfg)
+        if app.output_dir and Path(app.output_dir).expanduser().resolve() != job_dir:
+            log.warning("%s: output_dir=%s is ignored in a sweep; the job writes to %s", label,
+                        app.output_dir, job_dir)
         flat = run_overrides(app, job_dir)
         record.update({"config": flat, "launch": launch})
         clients = int(launch.get("clients", 3))
@@ -388,6 +406,12 @@ class SweepCallback(Callback):
             log.warning("could not count the sweep's jobs: %s", exc)
             jobs = None
         _STATE.total = len(jobs) if jobs is not None else None
+        values: dict[str, set[str]] = {}
+        for job in jobs or []:
+            for o in job:
+                key, _, value = o.partition("=")
+                values.setdefault(key.lstrip("+~"), set()).add(value)
+        _STATE.swept_keys = {k for k, v in values.items() if len(v) > 1}
         sweep_dir.mkdir(parents=True, exist_ok=True)
         meta = {"sweep_dir": str(sweep_dir), "total": _STATE.total, "jobs": jobs,
                 "command": sys.argv,

@@ -180,7 +180,7 @@ def test_selection_keeps_what_the_llm_chose() -> None:
     assert stats["demonstrations_received"] == 8 and stats["demonstrations_kept"] == len(kept)
     assert sum(stats["kept_per_label"].values()) == len(kept)
     prompt = _user(llm.calls[0])
-    assert "1. [" in prompt and "Keep:" in prompt and "toy snack reviews" in prompt
+    assert "Example 1 (label: " in prompt and "Keep:" in prompt and "toy snack reviews" in prompt
     assert llm.params[0].temperature == 0.0
     json.dumps(stats)
 

