@@ -51,6 +51,6 @@ def synthesize(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     req = TrainRequest.from_record(msg.content)
     client = _client(context)
-    reply = client.train(req.server_round, req.samples)
+    reply = client.train(req.server_round, req.samples, req.zero_shot)
     _save(context, client)
     return Message(reply.to_record(), reply_to=msg)

@@ -134,6 +134,15 @@ def _normalise(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
+def count_leaks(samples: Sequence[str], secret: str, template: str) -> tuple[int, int]:
+    """``(samples containing the secret, samples containing the template's fixed head)``,
+    whitespace- and case-insensitively (``template`` as `CANARY_TEMPLATE`)."""
+    head = _normalise(template.split("{")[0])
+    sec = _normalise(secret)
+    norm = [_normalise(s) for s in samples]
+    return sum(sec in s for s in norm), sum(head in s for s in norm)
+
+
 def run_audit(
     model_loader: ModelLoader,
     texts: Sequence[str],
@@ -191,7 +200,6 @@ def run_audit(
         CANARY_TEMPLATE.format(secret=s)
         for s in random_secrets(num_candidates, secret_length, rng, {secret})
     ]
-    template_head = _normalise(CANARY_TEMPLATE.split("{")[0])
     label_codes = {i: c for i, c in enumerate(dict.fromkeys([*codes, canary_code]))}
     cfg = replace(train_cfg or GeneratorTrainConfig(), seed=seed)
     longest = max([canary, *candidates], key=len)
@@ -230,7 +238,9 @@ def run_audit(
             top_p=top_p,
             seed=seed,
         )
-        norm = [_normalise(text) for text, _ in samples]
+        with_secret, with_template = count_leaks(
+            [text for text, _ in samples], secret, CANARY_TEMPLATE
+        )
         row = {
             "target_epsilon": float(eps),
             "epsilon_spent": report.epsilon,
@@ -251,8 +261,8 @@ def run_audit(
             "exposure_before": before,
             "canary_log_likelihood": scores[0],
             "num_samples": len(samples),
-            "samples_with_secret": sum(secret in s for s in norm),
-            "samples_with_template": sum(template_head in s for s in norm),
+            "samples_with_secret": with_secret,
+            "samples_with_template": with_template,
         }
         results.append(row)
         if progress:

@@ -519,6 +519,14 @@ def _label_counts(samples: Iterable[Sample], task: TaskInfo) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------
 
 
+# "A review of a dessert that ..." describes a sample instead of being one (small models do this).
+_META = re.compile(
+    r"^\W*(?:(?:here\s+is|this\s+is)\s+)?(?:a|an|one|another)\s+(?:new\s+)?(?:[\w-]+\s+)?"
+    r"(?:review|sample|example|text|article|post|comment)s?\s+(?:of|about|for|on|from|that|which)\b",
+    re.IGNORECASE,
+)
+
+
 class _Validator:
     """Validation state of one round: budgets, seen keys, reference shingles, drop counts."""
 
@@ -550,6 +558,9 @@ class _Validator:
             return
         if label != target and not cfg.keep_off_target:
             self.dropped["off_target"] += 1
+            return
+        if _META.match(text):
+            self.dropped["meta"] += 1
             return
         if len(text) < cfg.min_chars:
             self.dropped["too_short"] += 1
@@ -622,6 +633,7 @@ def _run_generation(
     val = _Validator(task, cfg, budgets, references, seen)
     used: dict[int, set[tuple[int, ...]]] = {i: set() for i in by_label}
     prompts = parsed = tokens = attempts = 0
+    per_prompt: Counter[int] = Counter()  # how many records each answer yielded
     seconds = 0.0
     zero_shot_labels: set[str] = set()
     spp = max(1, int(cfg.samples_per_prompt))
@@ -667,6 +679,7 @@ def _run_generation(
             records, drops = parse_samples(text, task.label_names, default_label=target)
             val.dropped.update(drops)
             parsed += len(records)
+            per_prompt[len(records)] += 1
             for text, lbl in records:
                 val.offer(text, lbl, target)
     samples = [(t, lbl) for lbl in sorted(val.accepted) for t in val.accepted[lbl]]
@@ -679,6 +692,7 @@ def _run_generation(
         "attempts": attempts,
         "prompts_sent": prompts,
         "samples_parsed": parsed,
+        "parsed_per_prompt": {str(k): per_prompt[k] for k in sorted(per_prompt)},
         "dropped": dict(sorted(val.dropped.items())),
         "sent": len(samples),
         "budget": {names[i]: b for i, b in budgets.items()},

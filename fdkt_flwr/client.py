@@ -77,18 +77,21 @@ class ClientState:
     """What a client keeps between rounds (and, for the ledger, between runs)."""
 
     ledger: dict[str, Any] | None = None
-    synthetic: list[Sample] = field(default_factory=list)
-    baseline: dict[str, Any] | None = None
+    synthetic: list[Sample] = field(default_factory=list)  # everything received so far
+    demos: list[Sample] = field(default_factory=list)  # own DP demonstrations (public)
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> metrics
 
     def state_dict(self) -> dict[str, Any]:
         return {"ledger": self.ledger, "synthetic": [list(s) for s in self.synthetic],
-                "baseline": self.baseline}
+                "demos": [list(s) for s in self.demos], "baselines": self.baselines}
 
     @classmethod
     def from_state_dict(cls, d: Mapping[str, Any]) -> ClientState:
-        return cls(ledger=d.get("ledger"), synthetic=[(str(t), int(y)) for t, y in
-                                                      d.get("synthetic", [])],
-                   baseline=d.get("baseline"))
+        def samples(key: str) -> list[Sample]:
+            return [(str(t), int(y)) for t, y in d.get(key, [])]
+
+        return cls(ledger=d.get("ledger"), synthetic=samples("synthetic"),
+                   demos=samples("demos"), baselines=dict(d.get("baselines", {})))
 
 
 class FdktClient:
@@ -192,6 +195,7 @@ class FdktClient:
         demos, drops = clean_demonstrations(samples, codes, min_chars=20, max_chars=2000,
                                             near_dup_threshold=0.8)
         timing["sampling_s"] = time.perf_counter() - t0
+        self.state.demos = list(demos)
         stats = {"num_private": len(private), "demos_sampled": len(samples),
                  "demos_sent": len(demos), **{f"demos_dropped_{k}": v for k, v in drops.items()},
                  **timing}
@@ -200,47 +204,73 @@ class FdktClient:
 
     # ------------------------------------------------------------------ train + evaluate
 
-    def train(self, server_round: int, received: list[Sample]) -> TrainReply:
-        """Train the SLM on private + all synthetic received so far; evaluate on held-out."""
-        from fdkt_flwr.slm import SLMConfig, train_and_evaluate
+    def _slm_config(self):
+        from fdkt_flwr.slm import SLMConfig
 
-        k = len(self.task.label_names)
-        valid = [(t, y) for t, y in received if 0 <= y < k]
-        self.state.synthetic.extend(valid)
         s = self.cfg.slm
-        scfg = SLMConfig(model=s.model, epochs=s.epochs, batch_size=s.batch_size,
+        return SLMConfig(model=s.model, epochs=s.epochs, batch_size=s.batch_size,
                          learning_rate=s.learning_rate, max_length=s.max_length,
                          synthetic_weight=s.synthetic_weight, schedule=s.schedule,
                          validation_fraction=s.validation_fraction,
                          seed=self.cfg.seed * 1000 + self.data.partition_id)
-        priv = (self.data.private.texts, self.data.private.labels)
-        test = (self.data.test.texts, self.data.test.labels)
-        synth = ([t for t, _ in self.state.synthetic], [y for _, y in self.state.synthetic])
-        self.progress(f"round {server_round}: training SLM {s.model} on {len(priv[0])} private "
-                      f"+ {len(synth[0])} synthetic examples")
-        result = train_and_evaluate(priv, synth, test, self.task.label_names, scfg,
-                                    progress=self.progress)
-        metrics = {"accuracy": result["test"]["accuracy"],
-                   "macro_f1": result["test"]["macro_f1"],
-                   "num_private": float(len(priv[0])), "num_synthetic": float(len(synth[0])),
-                   "num_received": float(len(received)), "num_test": float(len(test[0])),
-                   "slm_s": float(result.get("seconds", 0.0))}
-        details: dict[str, Any] = {"per_class_f1": result["test"].get("per_class_f1", {}),
-                                   "best_epoch": result.get("best_epoch")}
-        if s.baseline:
-            if self.state.baseline is None:
-                self.progress(f"round {server_round}: training the local-only baseline")
-                base = train_and_evaluate(priv, ([], []), test, self.task.label_names, scfg,
-                                          progress=self.progress)
-                self.state.baseline = {"accuracy": base["test"]["accuracy"],
-                                       "macro_f1": base["test"]["macro_f1"],
-                                       "per_class_f1": base["test"].get("per_class_f1", {}),
-                                       "seconds": float(base.get("seconds", 0.0))}
-            b = self.state.baseline
-            metrics |= {"baseline_accuracy": b["accuracy"], "baseline_macro_f1": b["macro_f1"],
-                        "gain_accuracy": metrics["accuracy"] - b["accuracy"]}
-            details["baseline_per_class_f1"] = b.get("per_class_f1", {})
-        self.progress(f"round {server_round}: accuracy {metrics['accuracy']:.3f}"
-                      + (f" (local-only {metrics['baseline_accuracy']:.3f})" if s.baseline
-                         else ""))
+
+    def _fit(self, synthetic: list[Sample]) -> dict[str, Any]:
+        """Train the SLM on private + ``synthetic`` and evaluate it on the held-out split."""
+        from fdkt_flwr.slm import train_and_evaluate
+
+        result = train_and_evaluate(
+            (self.data.private.texts, self.data.private.labels),
+            ([t for t, _ in synthetic], [y for _, y in synthetic]),
+            (self.data.test.texts, self.data.test.labels),
+            self.task.label_names, self._slm_config(), progress=self.progress)
+        test = result["test"]
+        return {"accuracy": test["accuracy"], "macro_f1": test["macro_f1"],
+                "per_class_f1": test.get("per_class_f1", {}),
+                "best_epoch": result.get("best_epoch"),
+                "seconds": float(result.get("seconds", 0.0))}
+
+    def _valid(self, samples: list[Sample]) -> list[Sample]:
+        k = len(self.task.label_names)
+        return [(t, y) for t, y in samples if 0 <= y < k]
+
+    def train(self, server_round: int, received: list[Sample],
+              zero_shot: list[Sample] | None = None) -> TrainReply:
+        """Train the SLM on private + all synthetic received so far; evaluate on held-out.
+
+        Baselines (``baselines`` setting) are trained once, on the same private and test
+        split: ``local`` (private only), ``dp-synthetic`` (private + this client's own DP
+        demonstrations, no LLM) and ``zero-shot`` (private + the LLM's samples written without
+        demonstrations, sent by the server as ``zero_shot``).
+        """
+        from fdkt_flwr.config import parse_list
+
+        self.state.synthetic.extend(self._valid(received))
+        synth = self.state.synthetic
+        self.progress(f"round {server_round}: training SLM {self.cfg.slm.model} on "
+                      f"{len(self.data.private)} private + {len(synth)} synthetic examples")
+        fdkt = self._fit(synth)
+        metrics = {"accuracy": fdkt["accuracy"], "macro_f1": fdkt["macro_f1"],
+                   "num_private": float(len(self.data.private)),
+                   "num_synthetic": float(len(synth)), "num_received": float(len(received)),
+                   "num_test": float(len(self.data.test)), "slm_s": fdkt["seconds"]}
+        details: dict[str, Any] = {"per_class_f1": fdkt["per_class_f1"],
+                                   "best_epoch": fdkt["best_epoch"]}
+        sources = {"local": lambda: [], "dp-synthetic": lambda: self.state.demos,
+                   "zero-shot": lambda: self._valid(zero_shot or [])}
+        for name in parse_list(self.cfg.baselines):
+            if name not in self.state.baselines:
+                if name == "zero-shot" and zero_shot is None:
+                    continue  # the server has not sent them (yet)
+                self.progress(f"round {server_round}: training the {name} baseline")
+                self.state.baselines[name] = self._fit(sources[name]())
+            b = self.state.baselines[name]
+            prefix = "baseline" if name == "local" else name.replace("-", "_")
+            metrics[f"{prefix}_accuracy"] = b["accuracy"]
+            metrics[f"{prefix}_macro_f1"] = b["macro_f1"]
+            details[f"{prefix}_per_class_f1"] = b["per_class_f1"]
+        if "baseline_accuracy" in metrics:
+            metrics["gain_accuracy"] = metrics["accuracy"] - metrics["baseline_accuracy"]
+        self.progress(f"round {server_round}: accuracy {metrics['accuracy']:.3f}" + "".join(
+            f", {k.removesuffix('_accuracy')} {v:.3f}" for k, v in metrics.items()
+            if k.endswith("_accuracy") and k != "gain_accuracy"))
         return TrainReply(client=self.client_id, metrics=metrics, details=details)

@@ -130,7 +130,9 @@ class SLMConfig:
                          choices=("mixed", "synthetic-first"))
     validation_fraction: float = _opt(0.15, "share of the PRIVATE data held out for model "
                                       "selection (never the test split)", check="fraction_open")
-    baseline: bool = _opt(True, "also train the local-only baseline on the same split")
+
+
+BASELINES = ("local", "dp-synthetic", "zero-shot")
 
 
 @dataclass
@@ -142,6 +144,10 @@ class FdktConfig:
                            "~/fdkt-flwr-runs/<date>-<time>-run<id>")
     min_clients: int = _opt(2, "clients that must be connected before round 1",
                             check="positive_int")
+    baselines: str = _opt("local", "comma-separated baselines trained on the same split: "
+                          "local (private only), dp-synthetic (private + the client's own DP "
+                          "demonstrations, no LLM), zero-shot (private + LLM samples written "
+                          "without demonstrations); empty = none", check="baselines")
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
@@ -164,7 +170,14 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "fraction": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
     "fraction_open": (lambda v: 0 < v < 1, "must be in (0, 1)"),
     "epsilon": (lambda v: v > 0 and not math.isnan(v), "must be > 0 (or inf for non-private)"),
+    "baselines": (lambda v: set(parse_list(v)) <= set(BASELINES),
+                  "must be a comma-separated subset of " + ", ".join(BASELINES)),
 }
+
+
+def parse_list(value: str) -> list[str]:
+    """``"local, zero-shot"`` -> ``["local", "zero-shot"]`` (run configs hold no lists)."""
+    return [v.strip() for v in str(value).split(",") if v.strip()]
 
 
 def flower_key(path: str) -> str:

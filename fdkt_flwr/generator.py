@@ -342,6 +342,8 @@ def train_dp_generator(
     ledger: PrivacyLedger,
     cfg: GeneratorTrainConfig | None = None,
     progress: ProgressFn | None = None,
+    *,
+    label: str | None = None,
 ) -> tuple[nn.Module, PrivacyReport]:
     """Fine-tune `model` on the private `texts` with DP-SGD; record the release in `ledger`.
 
@@ -360,6 +362,8 @@ def train_dp_generator(
         cfg: training hyper-parameters.
         progress: optional callback for progress lines (step counts and the training loss,
             a non-DP statistic of private data: keep it on the client). Never private text.
+        label: the release's name in the ledger (default ``"release-<k>"``), e.g.
+            ``"round-3"``.
 
     Returns:
         ``(model, report)``: the trained model, unwrapped (no Opacus wrapper, LoRA merged,
@@ -393,7 +397,7 @@ def train_dp_generator(
             )
     n = len(texts)
     q, steps = _schedule(n, cfg)
-    label = f"release-{len(ledger.releases) + 1}"
+    label = label or f"release-{len(ledger.releases) + 1}"
 
     if spec.is_private:
         # Decide σ and check the budget before touching the data.

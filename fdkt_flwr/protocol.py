@@ -103,17 +103,25 @@ class DemonstrationReply:
 
 @dataclass
 class TrainRequest:
+    """This round's generated samples; ``zero_shot`` carries the zero-shot baseline's samples
+    (written without demonstrations) when that baseline is on and the client lacks them."""
+
     server_round: int
     samples: list[Sample]
+    zero_shot: list[Sample] | None = None
 
     def to_record(self) -> RecordDict:
-        return RecordDict({"config": ConfigRecord({"server-round": self.server_round}),
-                           "synthetic": _samples_record(self.samples)})
+        content = RecordDict({"config": ConfigRecord({"server-round": self.server_round}),
+                              "synthetic": _samples_record(self.samples)})
+        if self.zero_shot is not None:
+            content["zero-shot"] = _samples_record(self.zero_shot)
+        return content
 
     @classmethod
     def from_record(cls, content: RecordDict) -> TrainRequest:
+        zs = _samples_from(content["zero-shot"]) if "zero-shot" in content else None
         return cls(server_round=int(_get(content, "config")["server-round"]),
-                   samples=_samples_from(_get(content, "synthetic")))
+                   samples=_samples_from(_get(content, "synthetic")), zero_shot=zs)
 
 
 @dataclass

@@ -438,8 +438,8 @@ def sweep_markdown(df: pd.DataFrame, summary: pd.DataFrame, title: str = "") -> 
                             [[r["job"], fmt_eps(num(r["epsilon"])), r["seed"], r["status"],
                               (str(r["details"]) or "–")[:300]] for _, r in bad.iterrows()]),
                   ""]
-    lines += ["Per job and client: `sweep.csv`. A job's own report: "
-              "`python -m fdkt_flwr.report <sweep dir>/<job>`.", ""]
+    lines += ["Per job and client: `sweep.csv`. Each completed job's folder has its own "
+              "`report.md` (`python -m fdkt_flwr.report <job folder>` re-writes it).", ""]
     return "\n".join(lines)
 
 

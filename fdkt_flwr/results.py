@@ -84,9 +84,8 @@ class RunResults:
         self.data["rounds"].append({"round": server_round, "clients": clients, "server": server})
         for cid, m in clients.items():
             c = self.data["clients"].setdefault(cid, {})
-            c.update({k: m[k] for k in ("accuracy", "macro_f1", "baseline_accuracy",
-                                        "baseline_macro_f1", "gain_accuracy", "num_synthetic")
-                      if k in m})
+            c.update({k: v for k, v in m.items()
+                      if k.endswith(("accuracy", "macro_f1")) or k == "num_synthetic"})
             if "num_private" in m:
                 c["num_private"] = int(m["num_private"])
             if "num_synthetic" in m:

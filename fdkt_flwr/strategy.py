@@ -22,7 +22,7 @@ from typing import Any
 from flwr.app import Message
 
 from fdkt_flwr.augmentation import AugmentationService, AugmentConfig
-from fdkt_flwr.config import FdktConfig
+from fdkt_flwr.config import FdktConfig, parse_list
 from fdkt_flwr.protocol import (
     SYNTHESIZE,
     TRAIN,
@@ -57,6 +57,7 @@ class FdktStrategy:
         self.results = results
         self.service = AugmentationService(llm, augment_config(cfg), encoder, seed=cfg.seed)
         self.names: dict[int, str] = {}  # node id -> client id
+        self._zero_shot_sent: set[str] = set()
         self._round_server_stats: dict[str, dict[str, Any]] = {}
 
     def client_name(self, node_id: int) -> str:
@@ -119,9 +120,27 @@ class FdktStrategy:
             self.results.write_samples(name, server_round, pool.task.label_names, samples)
             log.info("[server] round %d: %d generated samples for %s", server_round,
                      len(samples), name)
-            messages.append(Message(TrainRequest(server_round, samples).to_record(),
+            zero_shot = self._zero_shot_for(name, server_round)
+            messages.append(Message(TrainRequest(server_round, samples, zero_shot).to_record(),
                                     dst_node_id=nid, message_type=TRAIN))
         return messages
+
+    def _zero_shot_for(self, name: str, server_round: int) -> list | None:
+        """Zero-shot baseline samples, written once per client (the same budget as FDKT's
+        first round), or None when that baseline is off or already sent."""
+        if "zero-shot" not in parse_list(self.cfg.baselines) or name in self._zero_shot_sent:
+            return None
+        t0 = time.perf_counter()
+        try:
+            samples, stats = self.service.serve(name, server_round, zero_shot=True)
+        except Exception as exc:
+            self.results.record_failure(name, server_round, "zero-shot",
+                                        f"{type(exc).__name__}: {exc}")
+            return None
+        self.results.add_time("server_zero_shot", time.perf_counter() - t0)
+        self._zero_shot_sent.add(name)
+        self._round_server_stats.setdefault(name, {})["zero_shot"] = stats
+        return samples
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> dict[str, dict[str, Any]]:

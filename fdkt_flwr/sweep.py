@@ -350,6 +350,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     if record["status"] == "completed":
         res = _read(job_dir / RESULTS_FILE)
         log.info("%s completed in %s: %s", label, took, _headline(res))
+        _job_report(job_dir)
     else:
         log.error("%s %s after %s: %s (log: %s)", label, record["status"].upper(), took,
                   record.get("details") or "no details", record.get("log", job_dir))
@@ -357,6 +358,17 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         log.info("sweep: %d/%d jobs done, %s elapsed", len(_STATE.statuses), _STATE.total,
                  _duration(time.monotonic() - _STATE.started))
     return record
+
+
+def _job_report(job_dir: Path) -> None:
+    """The job's own report.md and plots (a reporting bug must never fail the job)."""
+    from fdkt_flwr.report import run_report
+
+    try:
+        run_report(job_dir)
+    except Exception as exc:
+        log.warning("could not write the run report in %s: %s: %s", job_dir,
+                    type(exc).__name__, exc)
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -293,6 +293,19 @@ def test_near_copies_and_duplicates_dropped() -> None:
     assert copy_score(shingles(texts[0]), shingles(copy)) < 0.5
 
 
+def test_meta_descriptions_dropped_and_yield_histogram() -> None:
+    counter = iter(range(10_000))
+
+    def answer(conv: Conversation) -> str:
+        k = next(counter)
+        return f"- A review of a dessert that had terrible texture {k}.\n- {unique_text(k)}"
+
+    samples, stats = augment(_pool(), TOY, ScriptedLLM(answer), _cfg(), 1, np.random.default_rng(0))
+    assert len(samples) == 8 and not any("review of" in t for t, _ in samples)
+    assert stats["dropped"]["meta"] >= 4
+    assert stats["parsed_per_prompt"] == {"2": stats["prompts_sent"]}
+
+
 def test_fresh_samples_across_rounds() -> None:
     fixed = [f"- {unique_text(i)}" for i in range(12)]
 

@@ -467,9 +467,17 @@ def test_second_release_spends_what_is_left(llama_tok) -> None:
     first = ledger.spent()
     texts, codes = _data()
     _, report = train_dp_generator(
-        tiny_llama(len(llama_tok)), llama_tok, texts, codes, spec, ledger, _cfg(batch_size=8)
+        tiny_llama(len(llama_tok)),
+        llama_tok,
+        texts,
+        codes,
+        spec,
+        ledger,
+        _cfg(batch_size=8),
+        label="round-2",
     )
-    assert report.label == "release-2" and len(report.history) == 2
+    assert report.label == "round-2" and len(report.history) == 2
+    assert [r.label for r in ledger.releases] == ["round-1", "round-2"]
     assert first < report.epsilon <= 4.0
     assert report.epsilon >= 0.99 * 4.0
     assert report.release_epsilon < report.epsilon
@@ -569,3 +577,32 @@ def test_clean_demonstrations_takes_no_private_data() -> None:
 
     params = set(inspect.signature(clean_demonstrations).parameters)
     assert params.isdisjoint({"texts", "private", "private_texts", "reference"})
+
+
+def test_half_precision_model_trains_in_fp32_and_comes_back_in_its_dtype(llama_tok) -> None:
+    spec = PrivacySpec(50.0, 1e-3, 1.0, noise_multiplier=1.0, accountant="rdp")
+    texts, codes = _data()
+    seen: list[torch.dtype] = []
+    model = tiny_llama(len(llama_tok)).to(torch.bfloat16)
+    trained, _ = train_dp_generator(
+        model, llama_tok, texts, codes, spec, PrivacyLedger.for_spec(spec), _cfg(),
+        progress=lambda _msg: seen.append(next(model.parameters()).dtype),
+    )  # fmt: skip
+    assert seen and seen[0] == torch.float32  # clipping and noise happened in fp32
+    assert next(trained.parameters()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_left_padding_does_not_change_samples(arch: str, llama_tok, gpt2_tok) -> None:
+    """A short prompt batched with a long one (so left-padded) decodes as it does alone."""
+    tok = llama_tok if arch == "llama" else gpt2_tok
+    model = (tiny_llama if arch == "llama" else tiny_gpt2)(len(tok)).eval()
+    with torch.no_grad():  # large random weights: varied greedy output, not "\n\n\n"
+        gen_ = torch.Generator().manual_seed(1)
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen_) * 0.5)
+    codes = {0: "Domain: x", 1: "Domain: health | Rating: 5 | a much longer control code"}
+    both = sample_demonstrations(model, tok, codes, 1, max_new_tokens=8, temperature=0.0)
+    alone = sample_demonstrations(model, tok, {0: codes[0]}, 1, max_new_tokens=8, temperature=0.0)
+    assert both[0] == alone[0]
+    assert len(set(both[0][0])) > 1

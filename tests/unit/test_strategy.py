@@ -50,6 +50,7 @@ class FakeGrid:
         self.tasks = tasks
         self.crash = crash or {}
         self.received: dict[int, list[list[tuple[str, int]]]] = {n: [] for n in tasks}
+        self.zero_shot: dict[int, list] = {}
 
     def get_node_ids(self):
         return list(self.tasks)
@@ -75,6 +76,7 @@ class FakeGrid:
             else:
                 req = TrainRequest.from_record(m.content)
                 self.received[nid].append(req.samples)
+                self.zero_shot.setdefault(nid, []).append(req.zero_shot)
                 rec = TrainReply(client=f"c{nid}", metrics={
                     "accuracy": 0.8, "macro_f1": 0.7, "baseline_accuracy": 0.75,
                     "baseline_macro_f1": 0.6, "num_private": 10.0,
@@ -89,9 +91,9 @@ def _answer(conv) -> str:
                      for i in range(3))
 
 
-def _strategy(tmp_path, llm=None):
+def _strategy(tmp_path, llm=None, **extra):
     cfg = from_flat({"num-server-rounds": 2, "llm.samples-per-label": 2,
-                     "selection.clusters": 2, "output-dir": str(tmp_path)})
+                     "selection.clusters": 2, "output-dir": str(tmp_path), **extra})
     results = RunResults(tmp_path, {})
     return FdktStrategy(cfg, llm or ScriptedLLM(_answer), FakeEncoder(), results), results
 
@@ -166,3 +168,17 @@ def test_refused_release_is_recorded_and_nothing_is_augmented(tmp_path):
     data = json.loads(results.path.read_text())
     assert grid.received[12] == []
     assert any("refused: budget spent" in f["reason"] for f in data["failures"])
+
+
+def test_zero_shot_baseline_samples_are_sent_once_and_only_when_asked(tmp_path):
+    strategy, _ = _strategy(tmp_path, baselines="local,zero-shot")
+    grid = FakeGrid({11: REVIEWS, 12: TICKETS})
+    strategy.start(grid, num_rounds=2, timeout=10)
+    for nid, task in grid.tasks.items():
+        first, second = grid.zero_shot[nid]
+        assert first and second is None
+        assert {y for _, y in first} <= set(range(len(task.label_names)))
+    plain, _ = _strategy(tmp_path / "plain")
+    grid = FakeGrid({11: REVIEWS, 12: TICKETS})
+    plain.start(grid, num_rounds=1, timeout=10)
+    assert grid.zero_shot[11] == [None]
