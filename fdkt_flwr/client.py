@@ -103,6 +103,7 @@ class FdktClient:
         self.data = load_client_data(cfg, node_config)
         self.task: TaskSpec = load_task(self.data.task, self.data.label_names,
                                         node_config.get("domain", cfg.dataset.domain))
+        self.node_config = dict(node_config)
         self.state = state or ClientState()
         self.ledger_path = ledger_path
         self._progress = progress
@@ -117,26 +118,28 @@ class FdktClient:
     # ------------------------------------------------------------------ privacy
 
     def privacy_spec(self):
+        """The client's privacy settings; a deployment node may lower its own budget with
+        ``privacy-epsilon`` in its node config (never raise it above the run's)."""
         from fdkt_flwr.privacy import PrivacySpec
 
         p = self.cfg.privacy
-        return PrivacySpec(epsilon=p.epsilon, delta=p.delta, max_grad_norm=p.max_grad_norm,
+        epsilon = p.epsilon
+        if "privacy-epsilon" in self.node_config:
+            epsilon = min(epsilon, float(self.node_config["privacy-epsilon"]))
+        return PrivacySpec(epsilon=epsilon, delta=p.delta, max_grad_norm=p.max_grad_norm,
                            noise_multiplier=p.noise_multiplier, accountant=p.accountant)
 
     def ledger(self):
-        """The client's ledger: the node-local file if any, else ``context.state``."""
+        """The client's ledger: the node-local file if any (composes across runs), else
+        ``context.state`` (composes across rounds of this run)."""
         from fdkt_flwr.privacy import PrivacyLedger
 
         spec = self.privacy_spec()
-        if self.ledger_path is not None and self.ledger_path.exists():
-            ledger = PrivacyLedger.load(self.ledger_path)
-        elif self.state.ledger is not None:
-            ledger = PrivacyLedger(epsilon=spec.epsilon, delta=spec.delta,
-                                   accountant=spec.accountant)
+        if self.ledger_path is not None:
+            return PrivacyLedger.load_or_create(self.ledger_path, spec)
+        ledger = PrivacyLedger.for_spec(spec)
+        if self.state.ledger is not None:
             ledger.load_state_dict(self.state.ledger)
-        else:
-            ledger = PrivacyLedger(epsilon=spec.epsilon, delta=spec.delta,
-                                   accountant=spec.accountant)
         return ledger
 
     def _save_ledger(self, ledger) -> None:
@@ -175,7 +178,7 @@ class FdktClient:
         try:
             model, report = train_dp_generator(
                 model, tok, private.texts, [codes[y] for y in private.labels], spec, ledger,
-                gcfg, progress=self.progress)
+                gcfg, progress=self.progress, label=f"round-{server_round}")
         except BudgetExceededError as exc:
             self.progress(f"round {server_round}: refused: {exc}")
             return DemonstrationReply(

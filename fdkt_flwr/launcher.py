@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -131,15 +132,30 @@ class SuperLink:
                            f"{self.log_path}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            # The SuperLink's process group holds its superexec and simulation children.
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        """Stop the SuperLink and everything it started (superexec, simulation, Ray), by PID.
+
+        Descendants are collected first: some (Ray) start their own sessions, so killing the
+        process group alone can leave them behind.
+        """
+        if not self.proc or self.proc.poll() is not None:
+            return
+        import psutil
+
+        try:
+            procs = [psutil.Process(self.proc.pid)]
+            procs += procs[0].children(recursive=True)
+        except psutil.NoSuchProcess:
+            procs = []
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.terminate()
+        _, alive = psutil.wait_procs(procs, timeout=20)
+        for p in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(alive, timeout=10)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -150,15 +166,17 @@ class SuperLink:
             p = subprocess.Popen([str(exe), *args], cwd=self.workdir, env=self.env(),
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             out = []
-            deadline = time.monotonic() + timeout
-            assert p.stdout is not None
-            for line in p.stdout:
-                out.append(line)
-                stream_to(line)
-                if time.monotonic() > deadline:
-                    p.kill()
-                    break
-            p.wait()
+            # A silent log must not block past the deadline: a timer kills the follower.
+            timer = threading.Timer(timeout, p.kill)
+            timer.start()
+            try:
+                assert p.stdout is not None
+                for line in p.stdout:
+                    out.append(line)
+                    stream_to(line)
+            finally:
+                timer.cancel()
+                p.wait()
             return subprocess.CompletedProcess(p.args, p.returncode, "".join(out), "")
         return subprocess.run([str(exe), *args], cwd=self.workdir, env=self.env(),
                               capture_output=True, text=True, timeout=timeout)
@@ -189,9 +207,28 @@ def run_app(overrides: dict[str, Any], *, num_clients: int = 3, cpus_per_client:
             sys.stdout.write(line)
             sys.stdout.flush()
 
-    # Keys as Flower spells them (hyphens); values exactly as given.
-    flat = {k.replace("_", "-"): v for k, v in overrides.items()}
     start = time.monotonic()
+    # A SIGTERM (CI timeout, `kill`) must still stop the SuperLink: turn it into an exception
+    # so that the context manager below runs its cleanup.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return _submit_and_follow(overrides, num_clients, cpus_per_client, timeout, app_dir,
+                                  workdir, out_dir, log_path, emit, start)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _submit_and_follow(overrides: dict[str, Any], num_clients: int, cpus_per_client: int,
+                       timeout: float, app_dir: Path, workdir: Path, out_dir: Path,
+                       log_path: Path, emit: Any, start: float) -> RunOutcome:
+    flat = {k.replace("_", "-"): v for k, v in overrides.items()}
     with SuperLink(workdir) as sl:
         submit = sl.flwr("run", str(app_dir), CONNECTION, "--format", "json", "--run-config",
                          run_config_arg(flat), "--federation-config",

@@ -132,11 +132,15 @@ def import_opacus() -> Any:
     """Import opacus, then undo its side effect on logging.
 
     Importing opacus calls ``logging.basicConfig`` (a root handler), through which the
-    "flwr" logger (which flwr itself sets to DEBUG) then prints debug noise; reset it to INFO.
+    "flwr" logger (which flwr itself sets to DEBUG) then prints debug noise, and every INFO
+    line twice; reset it to INFO and keep it on its own handlers.
     """
     import opacus
 
-    logging.getLogger("flwr").setLevel(logging.INFO)
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.setLevel(logging.INFO)
+    if flwr_logger.handlers:
+        flwr_logger.propagate = False
     return opacus
 
 
