@@ -1,0 +1,321 @@
+"""Benchmarks for every FDKT stage. Each prints a table and writes JSON; ratios are measured side
+by side in one invocation, on the same inputs.
+
+    python benchmarks/bench.py generation      # (a) server LLM: batched vs one prompt at a time
+    python benchmarks/bench.py dp-step         # (b) DP vs non-DP step: full FT, LoRA, ghost
+    python benchmarks/bench.py default-job     # (c) the default job: wall time, peak memory, phases
+    python benchmarks/bench.py scale           # (d) 2/4/8/16 clients at small settings
+    python benchmarks/bench.py leak-guard      # cost of the leak guard on a reply
+    python benchmarks/bench.py all
+
+Results go to ``benchmarks/results/<name>.json`` (``--out`` to change). Timings on a shared
+machine are noisy: every number here is a median over repeats after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "load_avg_at_start": os.getloadavg()[0]}
+
+
+def table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return "–" if v is None else str(v)
+
+    out = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    out += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def save(name: str, payload: dict[str, Any], out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps({"benchmark": name, "machine": machine(),
+                                "time": time.strftime("%Y-%m-%d %H:%M:%S"), **payload},
+                               indent=2, default=str) + "\n")
+    return path
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --------------------------------------------------------------------------- (a) generation
+
+def bench_generation(args: argparse.Namespace) -> dict[str, Any]:
+    """Same prompts, same number of new tokens (EOS suppressed), batched vs one at a time."""
+    from fdkt_flwr.augmentation import TaskInfo, build_augment_prompt, load_prompts
+    from fdkt_flwr.llm import SamplingParams, TransformersLLM
+
+    llm = TransformersLLM.from_name(args.llm, batch_size=args.batch)
+    task = TaskInfo("fine-food", "fine food product reviews", ["other", "great"])
+    templates = load_prompts("fine-food")
+    demos = [("These oats are hearty and taste great with honey.", 1),
+             ("The coffee arrived stale and bitter; I will not reorder.", 0)]
+    convs = [build_augment_prompt(task, i % 2, demos, 3, templates, 300)
+             for i in range(args.prompts)]
+    n_new = args.new_tokens
+    # Force every sequence to exactly n_new tokens so both modes do identical work.
+    llm.model.generation_config.min_new_tokens = n_new
+    params = SamplingParams(max_new_tokens=n_new, temperature=0.8, top_p=0.9, seed=0)
+    llm.generate(convs[:2], params)  # warm-up (oneDNN primitives)
+    rows = []
+    for mode, bs in (("batched", args.batch), ("one at a time", 1)):
+        llm.batch_size = bs
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            gens = llm.generate(convs, params)
+            times.append(time.perf_counter() - t0)
+        tokens = sum(g.num_tokens for g in gens)
+        sec = statistics.median(times)
+        rows.append({"mode": mode, "batch_size": bs, "prompts": len(convs), "new_tokens": tokens,
+                     "seconds": sec, "tokens_per_s": tokens / sec})
+    ratio = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]
+    print(table(rows, ["mode", "batch_size", "prompts", "new_tokens", "seconds",
+                       "tokens_per_s"]))
+    print(f"batched / one-at-a-time throughput: {ratio:.2f}x")
+    return {"rows": rows, "ratio_batched_over_single": ratio, "llm": args.llm}
+
+
+# --------------------------------------------------------------------------- (b) DP step
+
+def _dp_step_child(spec_json: str) -> None:
+    """Run in a subprocess: time the steps of one training configuration; print JSON."""
+    import torch  # noqa: F401 - import cost outside the timing
+
+    from fdkt_flwr.data import load_source
+    from fdkt_flwr.generator import GeneratorTrainConfig, train_dp_generator
+    from fdkt_flwr.models import load_causal_lm
+    from fdkt_flwr.privacy import PrivacyLedger, PrivacySpec
+
+    s = json.loads(spec_json)
+    model, tok = load_causal_lm(s["model"], fresh=True)
+    after_load = peak_rss_mb()
+    src = load_source("fine-food")
+    n = s["batch"] * s["steps"]  # q = batch/n and steps = epochs/q -> `steps` steps for 1 epoch
+    texts, codes = src.train.texts[:n], ["Domain: fine food reviews | Rating: great"] * n
+    spec = PrivacySpec(epsilon=s["epsilon"], delta=1e-5, max_grad_norm=1.0)
+    stamps: list[float] = []
+    cfg = GeneratorTrainConfig(lora_rank=s["lora_rank"], epochs=1, batch_size=s["batch"],
+                               max_physical_batch_size=s["batch"] * 2,
+                               max_length=s["max_length"], grad_sample_mode=s["mode"], seed=0)
+    t0 = time.perf_counter()
+    train_dp_generator(model, tok, texts, codes, spec, PrivacyLedger.for_spec(spec), cfg,
+                       progress=lambda msg: stamps.append(time.perf_counter())
+                       if " step " in msg else None)
+    total = time.perf_counter() - t0
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    print(json.dumps({"step_s": statistics.median(gaps) if gaps else None,
+                      "steps_timed": len(gaps), "total_s": total,
+                      "peak_rss_mb": peak_rss_mb(), "rss_after_load_mb": after_load}))
+
+
+def bench_dp_step(args: argparse.Namespace) -> dict[str, Any]:
+    configs = []
+    for lora in (0, 8):
+        for dp in (False, True):
+            modes = ["hooks"] + (["ghost"] if dp else [])
+            for mode in modes:
+                configs.append({"model": args.generator, "lora_rank": lora, "mode": mode,
+                                "epsilon": 8.0 if dp else float("inf"), "batch": args.batch,
+                                "steps": args.steps, "max_length": args.max_length,
+                                "dp": dp})
+    rows = []
+    for c in configs:
+        name = (f"{'LoRA r=8' if c['lora_rank'] else 'full FT'} "
+                f"{'DP ' + c['mode'] if c['dp'] else 'non-DP'}")
+        print(f"running {name} ...", flush=True)
+        p = subprocess.run([sys.executable, __file__, "_dp_child", json.dumps(c)],
+                           capture_output=True, text=True, timeout=3600, cwd=ROOT)
+        try:
+            res = json.loads(p.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            err = (p.stderr.strip().splitlines() or ["no output"])[-1]
+            res = {"error": err[:200]}
+        rows.append({"config": name, **c, **res})
+    by = {r["config"]: r for r in rows}
+    ratios = {}
+    for base in ("full FT", "LoRA r=8"):
+        ref = by.get(f"{base} non-DP", {})
+        for mode in ("hooks", "ghost"):
+            r = by.get(f"{base} DP {mode}", {})
+            if r.get("step_s") and ref.get("step_s"):
+                ratios[f"{base} DP {mode} / non-DP step time"] = r["step_s"] / ref["step_s"]
+            if r.get("peak_rss_mb") and ref.get("peak_rss_mb"):
+                ratios[f"{base} DP {mode} / non-DP peak RSS"] = r["peak_rss_mb"] / ref[
+                    "peak_rss_mb"]
+    print(table(rows, ["config", "batch", "max_length", "step_s", "peak_rss_mb",
+                       "rss_after_load_mb", "error"]))
+    for k, v in ratios.items():
+        print(f"{k}: {v:.2f}x")
+    return {"rows": rows, "ratios": ratios}
+
+
+# --------------------------------------------------------------------------- (c)/(d) jobs
+
+class TreeMemory:
+    """Peak resident memory of this process's whole tree (SuperLink, Ray, actors), sampled."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    total += p.memory_info().rss
+            self.peak_mb = max(self.peak_mb, total / 2**20)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _job(overrides: dict[str, Any], clients: int, out: Path) -> dict[str, Any]:
+    from fdkt_flwr.launcher import run_app
+
+    t0 = time.perf_counter()
+    with TreeMemory() as mem:
+        outcome = run_app({**overrides, "output-dir": str(out)}, num_clients=clients,
+                          stream=False, timeout=7200)
+    wall = time.perf_counter() - t0
+    res = json.loads(outcome.results_path.read_text()) if outcome.results_path.exists() else {}
+    return {"clients": clients, "status": outcome.status, "wall_s": wall,
+            "peak_tree_rss_mb": mem.peak_mb, "timing": res.get("timing", {}),
+            "results": str(outcome.results_path)}
+
+
+def bench_default_job(args: argparse.Namespace) -> dict[str, Any]:
+    out = Path(args.workdir) / "default-job"
+    row = _job({}, args.clients, out)
+    phases = [{"phase": k, "seconds": v} for k, v in row["timing"].items()]
+    print(table([row], ["clients", "status", "wall_s", "peak_tree_rss_mb"]))
+    print(table(phases, ["phase", "seconds"]))
+    print("client phases are summed over clients; two clients run at once on 2 cores")
+    return {"job": row}
+
+
+SMALL = {"num-server-rounds": 1, "dataset.private-size": 32, "dataset.test-size": 32,
+         "generator.epochs": 1, "generator.batch-size": 16, "generator.max-length": 48,
+         "generator.demos-per-label": 4, "generator.max-new-tokens": 32,
+         "llm.samples-per-label": 4, "llm.max-new-tokens": 96, "selection.clusters": 2,
+         "slm.epochs": 1, "slm.max-length": 64}
+
+
+def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
+    rows = []
+    for n in [int(x) for x in args.clients_list.split(",")]:
+        print(f"scale: {n} clients ...", flush=True)
+        row = _job(SMALL, n, Path(args.workdir) / f"scale-{n}")
+        row["wall_s_per_client"] = row["wall_s"] / n
+        rows.append(row)
+    print(table(rows, ["clients", "status", "wall_s", "wall_s_per_client",
+                       "peak_tree_rss_mb"]))
+    return {"rows": rows, "settings": SMALL}
+
+
+# --------------------------------------------------------------------------- leak guard
+
+def bench_leak_guard(args: argparse.Namespace) -> dict[str, Any]:
+    from flwr.app import ConfigRecord, RecordDict
+
+    from fdkt_flwr.data import load_source
+    from fdkt_flwr.leakguard import LeakIndex, scan
+
+    private = load_source("fine-food").train.texts[: args.private]
+    t0 = time.perf_counter()
+    index = LeakIndex(private, span=12)
+    build = time.perf_counter() - t0
+    demos = load_source("fine-food").test.texts[:64]  # stand-ins of the same length
+    content = RecordDict({"demos": ConfigRecord({"texts": demos})})
+    times = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        scan(content, index)
+        times.append(time.perf_counter() - t0)
+    row = {"private_examples": len(private), "index_build_s": build,
+           "scan_64_demos_ms": statistics.median(times) * 1000}
+    print(table([row], list(row)))
+    return row
+
+
+# --------------------------------------------------------------------------- main
+
+BENCHES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "generation": bench_generation, "dp-step": bench_dp_step,
+    "default-job": bench_default_job, "scale": bench_scale, "leak-guard": bench_leak_guard,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_dp_child":
+        _dp_step_child(argv[1])
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bench", choices=[*BENCHES, "all"])
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--workdir", default=str(Path.home() / "fdkt-flwr-runs" / "bench"))
+    ap.add_argument("--llm", default="smollm2-135m-instruct")
+    ap.add_argument("--generator", default="smollm2-135m-instruct")
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=48)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--clients", type=int, default=3)
+    ap.add_argument("--clients-list", default="2,4,8,16")
+    ap.add_argument("--private", type=int, default=128)
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    names = list(BENCHES) if args.bench == "all" else [args.bench]
+    for name in names:
+        print(f"\n## {name}\n", flush=True)
+        payload = BENCHES[name](args)
+        print(f"wrote {save(name, {'args': vars(args), **payload}, args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
