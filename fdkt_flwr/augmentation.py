@@ -519,10 +519,12 @@ def _label_counts(samples: Iterable[Sample], task: TaskInfo) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------
 
 
-# "A review of a dessert that ..." describes a sample instead of being one (small models do this).
+# Small models describe a sample instead of writing one ("A review of a dessert that ...") or
+# echo the instruction ("Write a new review of ...", "To create a short review, ...").
 _META = re.compile(
-    r"^\W*(?:(?:here\s+is|this\s+is)\s+)?(?:a|an|one|another)\s+(?:new\s+)?(?:[\w-]+\s+)?"
-    r"(?:review|sample|example|text|article|post|comment)s?\s+(?:of|about|for|on|from|that|which)\b",
+    r"^\W*(?:(?:(?:here\s+is|this\s+is)\s+)?(?:a|an|one|another)\s+(?:new\s+)?(?:[\w-]+\s+)?"
+    r"(?:review|sample|example|text|article|post|comment)s?\s+(?:of|about|for|on|from|that|which)\b"
+    r"|write\b|to\s+(?:create|write)\b)",
     re.IGNORECASE,
 )
 
@@ -737,7 +739,11 @@ def augment(
     the pool's seen-set and cumulative totals are updated. ``task=None`` means ``pool.task``.
 
     Returns ``(samples, stats)``: samples are ``(text, label_index)`` in shuffled order; stats
-    is JSON-safe (see :func:`_run_generation` keys plus quality and demonstration counts).
+    is JSON-safe with keys ``client, task, round, demonstrations_received,
+    demonstrations_kept, selection_prompts, selection_fallbacks, mode, attempts, prompts_sent,
+    samples_parsed, parsed_per_prompt, dropped`` (by reason), ``sent, budget, label_counts,
+    budget_met, zero_shot_labels, llm_tokens, llm_seconds, tokens_per_s, examples`` (a few
+    texts per label), ``distinct_1, distinct_2, similarity_to_demos, similarity_method``.
     """
     task = pool.task if task is None else TaskInfo.from_any(task)
     demos = pool.kept if pool.kept is not None else pool.demonstrations

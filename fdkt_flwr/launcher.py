@@ -102,7 +102,9 @@ class SuperLink:
                     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
                     "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"),
                     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-                    "TOKENIZERS_PARALLELISM": "false"})
+                    "TOKENIZERS_PARALLELISM": "false",
+                    # see fdkt_flwr/__init__.py: spinning OpenMP threads starve co-located apps
+                    "OMP_WAIT_POLICY": env.get("OMP_WAIT_POLICY", "PASSIVE")})
         return env
 
     def __enter__(self) -> SuperLink:

@@ -49,11 +49,19 @@ _NOT_SETTINGS = ("seed", "output-dir")
 # One row per job × client (a job without per-client results still gets one row, client None).
 CLIENT_COLUMNS = [
     "job", "status", "details", "epsilon", "seed", "client", "accuracy", "macro_f1",
-    "baseline_accuracy", "baseline_macro_f1", "gain", "epsilon_spent", "delta", "private",
-    "num_private", "num_synthetic", "run_id", "elapsed_s", "overrides",
+    "baseline_accuracy", "baseline_macro_f1", "gain", "zero_shot_accuracy",
+    "zero_shot_macro_f1", "dp_synthetic_accuracy", "dp_synthetic_macro_f1", "epsilon_spent",
+    "delta", "private", "num_private", "num_synthetic", "run_id", "elapsed_s", "overrides",
 ]
 METRICS = ("accuracy", "macro_f1", "baseline_accuracy", "baseline_macro_f1", "gain",
-           "epsilon_spent")
+           "zero_shot_accuracy", "zero_shot_macro_f1", "dp_synthetic_accuracy",
+           "dp_synthetic_macro_f1", "epsilon_spent")
+# Baselines trained in the same run and split (the ``baselines`` setting), as results.json's
+# metric prefix -> the name people read. "local" and "zero-shot" do not use the client's DP
+# demonstrations, so they do not depend on ε (one reference row / line per group);
+# "dp-synthetic" does (one value per ε, next to FDKT's).
+EPS_FREE_BASELINES = {"baseline": "local-only baseline", "zero_shot": "zero-shot LLM baseline"}
+DP_BASELINE = ("dp_synthetic", "DP-synthetic baseline (no LLM)")
 
 _STYLE = {
     "figure.dpi": 110, "savefig.dpi": 150, "savefig.bbox": "tight", "font.size": 11,
@@ -232,6 +240,8 @@ def _rows_for_job(name: str, job_dir: Path | None, overrides: list[str]) -> tupl
         rows.append({**base, "client": cid, "accuracy": acc, "macro_f1": num(c.get("macro_f1")),
                      "baseline_accuracy": bacc,
                      "baseline_macro_f1": num(c.get("baseline_macro_f1")), "gain": gain,
+                     **{f"{b}_{m}": num(c.get(f"{b}_{m}")) for b in ("zero_shot", "dp_synthetic")
+                        for m in ("accuracy", "macro_f1")},
                      "epsilon_spent": num(c.get("epsilon", p.get("epsilon"))),
                      "delta": num(c.get("delta", p.get("delta"))),
                      "private": c.get("private", p.get("private")),
@@ -323,13 +333,18 @@ def per_job(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+_SUMMARY_METRICS = ("accuracy", "macro_f1", "gain", "epsilon_spent", "dp_synthetic_accuracy")
+
+
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std over seeds per setting group and ε, plus a local-only baseline row per group.
+    """Mean ± std over seeds per setting group and ε, plus baseline rows per group.
 
     Each job is first averaged over its clients; the std is over jobs (seeds). Columns:
-    ``kind`` ("baseline" or "fdkt"), the setting keys, ``epsilon``, ``n_done``, ``n_jobs``
-    and ``<metric>_mean`` / ``<metric>_std`` for accuracy, macro_f1, gain, epsilon_spent.
-    The baseline row averages per seed first (the same seed's jobs share one baseline).
+    ``kind`` ("baseline" = local-only, "zero_shot", or "fdkt"), the setting keys, ``epsilon``,
+    ``n_done``, ``n_jobs`` and ``<metric>_mean`` / ``<metric>_std`` for accuracy, macro_f1,
+    gain, epsilon_spent and (fdkt rows) dp_synthetic_accuracy. An ε-free baseline row averages
+    per seed first (the same seed's jobs share one baseline), and exists only where the runs
+    trained that baseline.
     """
     settings = list(df.attrs.get("settings", []))
     jobs = per_job(df)
@@ -348,14 +363,16 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     for gkey, g_all in all_groups.items():
         g = done_groups.get(gkey, jobs.iloc[0:0])
         labels = dict(zip(settings, gkey, strict=True)) if settings else {}
-        if not g.empty:
-            per_seed = g.groupby("seed", dropna=False)[["baseline_accuracy",
-                                                        "baseline_macro_f1"]].mean()
-            acc_m, acc_s = _mean_std(per_seed["baseline_accuracy"])
-            f1_m, f1_s = _mean_std(per_seed["baseline_macro_f1"])
-            if acc_m is not None:  # runs with slm.baseline=false have no baseline
-                out.append({"kind": "baseline", **labels, "epsilon": None,
-                            "n_done": int(per_seed["baseline_accuracy"].notna().sum()),
+        for kind in EPS_FREE_BASELINES:
+            if g.empty:
+                break
+            cols = [f"{kind}_accuracy", f"{kind}_macro_f1"]
+            per_seed = g.groupby("seed", dropna=False)[cols].mean()
+            acc_m, acc_s = _mean_std(per_seed[cols[0]])
+            f1_m, f1_s = _mean_std(per_seed[cols[1]])
+            if acc_m is not None:  # only where the runs trained this baseline
+                out.append({"kind": kind, **labels, "epsilon": None,
+                            "n_done": int(per_seed[cols[0]].notna().sum()),
                             "n_jobs": int(per_seed.shape[0]), "accuracy_mean": acc_m,
                             "accuracy_std": acc_s, "macro_f1_mean": f1_m, "macro_f1_std": f1_s})
         # ε <= 0 only comes from a job rejected as invalid: listed with the failed jobs only
@@ -366,12 +383,11 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             row: dict[str, Any] = {"kind": "fdkt", **labels, "epsilon": eps,
                                    "n_done": len(ge),
                                    "n_jobs": int((g_all["epsilon"] == eps).sum())}
-            for m in ("accuracy", "macro_f1", "gain", "epsilon_spent"):
+            for m in _SUMMARY_METRICS:
                 row[f"{m}_mean"], row[f"{m}_std"] = _mean_std(ge.get(m, []))
             out.append(row)
     columns = ["kind", *settings, "epsilon", "n_done", "n_jobs",
-               *(f"{m}_{s}" for m in ("accuracy", "macro_f1", "gain", "epsilon_spent")
-                 for s in ("mean", "std"))]
+               *(f"{m}_{s}" for m in _SUMMARY_METRICS for s in ("mean", "std"))]
     return pd.DataFrame(out, columns=columns)
 
 
@@ -404,18 +420,24 @@ def sweep_markdown(df: pd.DataFrame, summary: pd.DataFrame, title: str = "") -> 
     lines = [f"# {title or 'FDKT sweep'}", "",
              f"{total} job(s): {status_line or 'none found'}. Each job is averaged over its "
              "clients; ± is the standard deviation over seeds. Accuracy is the clients' SLM "
-             "on their own held-out test data; *local-only* is the same SLM trained on private "
-             "data alone (no synthetic data, so it does not depend on ε).", ""]
+             "on their own held-out test data. Baselines use the same SLM and split: "
+             "*local-only* trains on private data alone, *zero-shot* adds LLM samples written "
+             "without demonstrations (neither depends on ε), *DP-synthetic* adds the client's "
+             "own DP demonstrations without the LLM (depends on ε).", ""]
+    dp_base = "dp_synthetic_accuracy_mean" in summary and \
+        summary["dp_synthetic_accuracy_mean"].notna().any()
     header = [*(settings or []), "setting", "ε target", "ε spent", "accuracy", "macro-F1",
-              "gain vs local-only", "seeds done"]
+              "gain vs local-only", *(["DP-synthetic baseline (no LLM)"] if dp_base else []),
+              "seeds done"]
     rows = []
     for _, r in summary.iterrows():
         prefix = [r.get(k) for k in settings]
-        if r["kind"] == "baseline":
-            rows.append([*prefix, "local-only baseline", "–", "0 (no release)",
+        if r["kind"] in EPS_FREE_BASELINES:
+            rows.append([*prefix, EPS_FREE_BASELINES[r["kind"]], "–",
+                         "0 (no release)" if r["kind"] == "baseline" else "0 (no DP data)",
                          _pm(r["accuracy_mean"], r["accuracy_std"]),
                          _pm(r["macro_f1_mean"], r["macro_f1_std"]), "–",
-                         f"{r['n_done']}"])
+                         *(["–"] if dp_base else []), f"{r['n_done']}"])
             continue
         eps = num(r["epsilon"])
         name = "FDKT, non-private (ε=∞)" if eps is not None and math.isinf(eps) \
@@ -424,9 +446,11 @@ def sweep_markdown(df: pd.DataFrame, summary: pd.DataFrame, title: str = "") -> 
         gain = _pm(r.get("gain_mean"), r.get("gain_std"))
         if gain != "–" and not gain.startswith("-"):
             gain = "+" + gain
+        dp = [_pm(num(r.get("dp_synthetic_accuracy_mean")),
+                  num(r.get("dp_synthetic_accuracy_std")))] if dp_base else []
         rows.append([*prefix, name, fmt_eps(eps), spent,
                      _pm(r.get("accuracy_mean"), r.get("accuracy_std")),
-                     _pm(r.get("macro_f1_mean"), r.get("macro_f1_std")), gain,
+                     _pm(r.get("macro_f1_mean"), r.get("macro_f1_std")), gain, *dp,
                      f"{r['n_done']}/{r['n_jobs']}"])
     lines.append(_md_table(header, rows) if counts.get(DONE) else "_No completed job yet._")
     lines += ["", "![privacy-utility](privacy_utility.png)", ""]
@@ -447,8 +471,9 @@ def plot_privacy_utility(summary: pd.DataFrame, path: Path, settings: Sequence[s
                          title: str = "") -> Path:
     """Accuracy vs ε (log x axis, ∞ at the right end), error bars = std over seeds.
 
-    The local-only baseline is a horizontal line (band = its std); non-private FDKT (ε=∞) is
-    both a point at the ∞ tick and a dashed reference line.
+    The local-only (and, where trained, zero-shot) baseline is a horizontal line (band = its
+    std); the DP-synthetic baseline, which depends on ε, is a faint dashed line; non-private
+    FDKT (ε=∞) is both a point at the ∞ tick and a dashed reference line.
     """
     plt = _pyplot()
     fdkt = summary[summary["kind"] == "fdkt"] if not summary.empty else summary
@@ -468,14 +493,16 @@ def plot_privacy_utility(summary: pd.DataFrame, path: Path, settings: Sequence[s
             color = colors[i % len(colors)]
             suffix = f" ({', '.join(f'{k}={v}' for k, v in zip(settings, gkey, strict=True))})" \
                 if settings else ""
-            base = g[g["kind"] == "baseline"]
-            if not base.empty and num(base.iloc[0]["accuracy_mean"]) is not None:
+            for kind, style, shade in (("baseline", ":", "0.35"), ("zero_shot", "-.", "0.55")):
+                base = g[g["kind"] == kind]
+                if base.empty or num(base.iloc[0]["accuracy_mean"]) is None:
+                    continue
                 m, s = float(base.iloc[0]["accuracy_mean"]), num(base.iloc[0]["accuracy_std"])
-                ax.axhline(m, color="0.35" if not settings else color, lw=1.4, ls=":",
-                           label=f"local-only baseline{suffix}" + (" (band: ± std)" if s
-                                                                   else ""))
+                ax.axhline(m, color=shade if not settings else color, lw=1.4, ls=style,
+                           label=f"{EPS_FREE_BASELINES[kind]}{suffix}"
+                           + (" (band: ± std)" if s else ""))
                 if s:
-                    ax.axhspan(m - s, m + s, color="0.5", alpha=0.12, lw=0)
+                    ax.axhspan(m - s, m + s, color=shade, alpha=0.12, lw=0)
                 plotted = True
             f = g[(g["kind"] == "fdkt") & g["accuracy_mean"].notna()] if "accuracy_mean" in g \
                 else g.iloc[0:0]
@@ -493,6 +520,15 @@ def plot_privacy_utility(summary: pd.DataFrame, path: Path, settings: Sequence[s
             if fin:
                 ax.errorbar([p[0] for p in fin], [p[1] for p in fin], yerr=[p[2] for p in fin],
                             fmt="-o", color=color, lw=2, ms=7, capsize=4, label=f"FDKT{suffix}")
+            dp = [(x_inf if math.isinf(float(e)) else float(e), num(y), num(sd) or 0.0)
+                  for e, y, sd in zip(f["epsilon"], f.get("dp_synthetic_accuracy_mean", []),
+                                      f.get("dp_synthetic_accuracy_std", []), strict=False)
+                  if num(y) is not None]
+            if dp:  # the client's own DP demonstrations without the LLM, per ε
+                dp.sort()
+                ax.errorbar([p[0] for p in dp], [p[1] for p in dp], yerr=[p[2] for p in dp],
+                            fmt="--s", color=color, alpha=0.55, lw=1.4, ms=5, capsize=3,
+                            label=f"{DP_BASELINE[1]}{suffix}")
             if inf:
                 _, y, e = inf[0]
                 ax.errorbar([x_inf], [y], yerr=[e], fmt="D", color=color, ms=8, capsize=4,
@@ -513,8 +549,8 @@ def plot_privacy_utility(summary: pd.DataFrame, path: Path, settings: Sequence[s
         ax.set_xlabel("privacy budget ε per client (log scale)")
         ax.set_ylabel("test accuracy (mean over clients)")
         ax.set_title(title or "Privacy–utility trade-off of FDKT")
-        if plotted:
-            ax.legend(loc="best")
+        if plotted:  # below the axes: the reference lines span the whole width
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.24), ncol=2)
         else:
             ax.text(0.5, 0.5, "no completed job yet", ha="center", va="center",
                     transform=ax.transAxes, color="0.4", fontsize=13)
@@ -667,19 +703,23 @@ def _plot_accuracy(res: Mapping[str, Any], clients: list[str], path: Path) -> Pa
             # One round: lines of one point say nothing; compare side by side instead.
             shown = [c for c in clients if series[c] and
                      num(series[c][-1][1].get("accuracy")) is not None]
-            xs = range(len(shown))
-            fd = [num(series[c][-1][1].get("accuracy")) or 0.0 for c in shown]
-            bl = [num(series[c][-1][1].get("baseline_accuracy")) for c in shown]
-            w = 0.38
-            if any(b is not None for b in bl):
-                bars = ax.bar([x - w / 2 for x in xs], [b or 0.0 for b in bl], w,
-                              color="0.7", label="local-only (private data only)")
-                ax.bar_label(bars, fmt="%.3f", fontsize=9, padding=2)
-            bars = ax.bar([x + w / 2 for x in xs], fd, w, color=colors[0],
-                          label="FDKT (private + synthetic)")
-            ax.bar_label(bars, fmt="%.3f", fontsize=9, padding=2)
-            ax.set_xticks(list(xs), shown)
-            ax.set_ylim(0, 1.1)
+            last = {c: series[c][-1][1] for c in shown}
+            # every model trained in this run, baselines first, FDKT last (and coloured)
+            bars_of = [(key, label, shade) for key, label, shade in (
+                ("baseline_accuracy", "local-only (private data only)", "0.72"),
+                ("zero_shot_accuracy", "zero-shot LLM samples", "0.55"),
+                ("dp_synthetic_accuracy", "own DP demonstrations, no LLM", "#b9d3e8"),
+                ("accuracy", "FDKT (private + synthetic)", colors[0]))
+                if any(num(last[c].get(key)) is not None for c in shown)]
+            w = 0.8 / len(bars_of)
+            for j, (key, label, shade) in enumerate(bars_of):
+                xs = [x - 0.4 + w * (j + 0.5) for x in range(len(shown))]
+                bars = ax.bar(xs, [num(last[c].get(key)) or 0.0 for c in shown], w,
+                              color=shade, label=label)
+                ax.bar_label(bars, fmt="%.3f", fontsize=8.5 if len(bars_of) > 2 else 9,
+                             padding=2)
+            ax.set_xticks(range(len(shown)), shown)
+            ax.set_ylim(0, 1.12)
             ax.set_xlabel("client")
             ax.grid(axis="x", visible=False)
         else:
@@ -698,9 +738,9 @@ def _plot_accuracy(res: Mapping[str, Any], clients: list[str], path: Path) -> Pa
             ax.set_xlabel("round")
             ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel("test accuracy")
-        ax.set_title("Client SLM accuracy: FDKT vs local-only")
+        ax.set_title("Client SLM accuracy: FDKT vs baselines")
         if len(rounds) <= 1:
-            ax.legend(loc="upper left", ncol=2)
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
         else:  # beside the axes: lines of close values leave no free corner
             ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.tight_layout()
@@ -900,6 +940,9 @@ def _run_markdown(run_dir: Path, res: Mapping[str, Any], cfg: Mapping[str, Any],
 
     lines += ["## Client results (last round)", ""]
     cl = res.get("clients") or {}
+    extra = [(b, name) for b, name in (("zero_shot", "zero-shot LLM"),
+                                       ("dp_synthetic", "DP demos, no LLM"))
+             if any(num((cl.get(c) or {}).get(f"{b}_accuracy")) is not None for c in clients)]
     rows = []
     for c in clients:
         m = cl.get(c) or {}
@@ -908,18 +951,20 @@ def _run_markdown(run_dir: Path, res: Mapping[str, Any], cfg: Mapping[str, Any],
                 and num(m.get("baseline_accuracy")) is not None:
             gain = float(m["accuracy"]) - float(m["baseline_accuracy"])
         rows.append([c, _fmt(m.get("accuracy")), _fmt(m.get("baseline_accuracy")),
-                     "–" if gain is None else f"{gain:+.3f}", _fmt(m.get("macro_f1")),
-                     _fmt(m.get("baseline_macro_f1")), _fmt(m.get("num_private"), 0),
-                     _fmt(m.get("num_synthetic"), 0)])
-    lines += [_md_table(["client", "accuracy", "local-only", "gain", "macro-F1",
-                         "local-only macro-F1", "#private", "#synthetic"], rows), ""]
+                     "–" if gain is None else f"{gain:+.3f}",
+                     *(_fmt(m.get(f"{b}_accuracy")) for b, _ in extra),
+                     _fmt(m.get("macro_f1")), _fmt(m.get("baseline_macro_f1")),
+                     _fmt(m.get("num_private"), 0), _fmt(m.get("num_synthetic"), 0)])
+    lines += [_md_table(["client", "accuracy", "local-only", "gain",
+                         *(name for _, name in extra), "macro-F1", "local-only macro-F1",
+                         "#private", "#synthetic"], rows), ""]
     if plots["accuracy"]:
         lines += [f"![accuracy]({plots['accuracy'].name})", ""]
 
     lines += ["## Privacy", "",
               _md_table(["client", "target ε", "spent ε", "δ", "σ", "sample rate", "steps",
                          "accountant", "mode"],
-                        [[r["client"], fmt_eps(r["target"]), fmt_eps(r["spent"]),
+                        [[r["client"], fmt_eps(r["target"]), _fmt(r["spent"], 3),
                           f"{r['delta']:g}" if r["delta"] is not None else "–",
                           _fmt(r["sigma"], 3), _fmt(r["q"], 4), r["steps"] if r["steps"]
                           is not None else "–", r["accountant"] or "–", r["mode"] or "–"]
@@ -939,7 +984,8 @@ def _run_markdown(run_dir: Path, res: Mapping[str, Any], cfg: Mapping[str, Any],
         dd = s.get("demos_dropped") or {}
         drops = ", ".join(f"{k} {v}" for k, v in sorted(s["dropped"].items()) if v) or "–"
         rows.append([c, s.get("demos_sampled", "–"), s.get("demos_sent", "–")
-                     if not dd else f"{s.get('demos_sent', '–')} ({sum(dd.values())} dropped)",
+                     if not sum(dd.values()) else
+                     f"{s.get('demos_sent', '–')} ({sum(dd.values())} dropped)",
                      s.get("demonstrations_kept", "–"), s["prompts_sent"], s["samples_parsed"],
                      s["sent"], drops, _fmt(s.get("distinct_1"), 3), _fmt(s.get("distinct_2"), 3)])
     lines += ["DP demonstrations (client → server) and LLM samples (server → client), summed "

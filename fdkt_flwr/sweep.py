@@ -334,7 +334,9 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
             record["status"] = "timeout"
         else:
             record["status"] = "failed"
-            if not outcome.details and not outcome.results_path.exists():
+            if outcome.status == "submit-failed":
+                record["details"] = _submit_error(outcome, sl_dir) or outcome.details
+            if not record["details"] and not outcome.results_path.exists():
                 record["details"] = "no results.json written"
     except ConfigError as exc:
         record.update({"status": "invalid", "details": str(exc)})
@@ -358,6 +360,31 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         log.info("sweep: %d/%d jobs done, %s elapsed", len(_STATE.statuses), _STATE.total,
                  _duration(time.monotonic() - _STATE.started))
     return record
+
+
+def _submit_error(outcome: launcher.RunOutcome, sl_dir: Path) -> str:
+    """Why ``flwr run`` refused the run, in one line: its JSON error plus the SuperLink's reason.
+
+    ``flwr run --format json`` prints ``{"success": false, "error-message": ...}`` and the
+    SuperLink logs the cause ("Could not start run: Key 'x' is not present ..."), e.g. when
+    the app's pyproject and this process's schema differ.
+    """
+    parts: list[str] = []
+    try:
+        text = outcome.log_path.read_text(errors="replace")
+        start = text.find("{")
+        msg = json.loads(text[start: text.rindex("}") + 1]).get("error-message", "")
+        parts.append(str(msg).strip().splitlines()[-1])
+    except (OSError, ValueError, AttributeError, IndexError):
+        pass
+    try:
+        for line in (sl_dir / "superlink.log").read_text(errors="replace").splitlines():
+            if "Could not start run" in line:
+                parts.append(line.split("Could not start run", 1)[1].lstrip(": "))
+                break
+    except OSError:
+        pass
+    return "; ".join(p for p in parts if p)
 
 
 def _job_report(job_dir: Path) -> None:
@@ -483,4 +510,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the importable module's main, not this ``__main__`` copy of it: Hydra instantiates
+    # SweepCallback from ``fdkt_flwr.sweep``, and the jobs and the callback must share one
+    # _STATE (job i/N, the statuses behind the exit code).
+    import importlib
+
+    importlib.import_module("fdkt_flwr.sweep").main()

@@ -26,7 +26,8 @@ LABELS = ["other", "great"]
 
 
 def fake_results(eps: float, seed: int, clients: int = 2, rounds: int = 2,
-                 status: str = "completed", acc: float = 0.75, base: float = 0.70) -> dict:
+                 status: str = "completed", acc: float = 0.75, base: float = 0.70,
+                 more_baselines: bool = False) -> dict:
     """A results.json of the contract (results.py / README), with plausible numbers."""
     cfg = {"num-server-rounds": rounds, "seed": seed, "output-dir": "/x",
            "dataset.name": "fine-food", "dataset.partitioner": "iid",
@@ -45,6 +46,10 @@ def fake_results(eps: float, seed: int, clients: int = 2, rounds: int = 2,
             rc[cid] = {"accuracy": a, "macro_f1": a - 0.04, "baseline_accuracy": base + 0.01 * i,
                        "baseline_macro_f1": base - 0.05, "gain_accuracy": a - base - 0.01 * i,
                        "num_private": 24.0, "num_synthetic": 8.0 * r}
+            if more_baselines:  # the `baselines` setting's zero-shot and dp-synthetic
+                rc[cid] |= {"zero_shot_accuracy": 0.71, "zero_shot_macro_f1": 0.66,
+                            "dp_synthetic_accuracy": base + 0.01 * min(eps, 10.0),
+                            "dp_synthetic_macro_f1": base - 0.04}
             rs[cid] = {"prompts_sent": 6, "samples_parsed": 14, "sent": 8,
                        "dropped": {"duplicate": 3, "too_short": 2 + i, "off_target": 1},
                        "label_counts": {"other": 4, "great": 4}, "budget": {"other": 4,
@@ -59,8 +64,7 @@ def fake_results(eps: float, seed: int, clients: int = 2, rounds: int = 2,
     for i in range(clients):
         cid = f"client-{i}"
         last = res["rounds"][-1]["clients"][cid] if rounds else {}
-        metrics = {k: last[k] for k in ("accuracy", "macro_f1", "baseline_accuracy",
-                                        "baseline_macro_f1", "gain_accuracy") if k in last}
+        metrics = {k: v for k, v in last.items() if k.endswith(("accuracy", "macro_f1"))}
         res["clients"][cid] = {**metrics, "epsilon": eps * 0.97 if private else "inf",
                                "delta": 1e-5, "num_private": 24, "num_synthetic": 16,
                                "private": private}
@@ -212,7 +216,7 @@ def test_single_run_report_writes_markdown_and_plots(tmp_path: Path):
     assert "| client-2 |" in md
     assert "Best coffee I have had in years!" in md and "old text" not in md
     assert "third" not in md  # two samples per label by default
-    assert "| client-0 | 3 | 2.91 |" in md  # target and spent ε
+    assert "| client-0 | 3 | 2.910 |" in md  # target and spent ε
     assert "duplicate 6" in md  # summed over the two rounds
 
 
@@ -243,3 +247,24 @@ def test_cli_picks_run_or_sweep(tmp_path: Path, sweep: Path, capsys):
     assert (sweep / "sweep.md").exists()
     assert "local-only baseline" in capsys.readouterr().out
     assert main([str(tmp_path / "nope")]) == 2
+
+
+def test_zero_shot_and_dp_synthetic_baselines_are_reported(tmp_path: Path):
+    for eps in (1.0, 3.0, math.inf):
+        for seed in (0, 1):
+            make_job(tmp_path, eps, seed, results=fake_results(eps, seed, more_baselines=True))
+    df = collect(tmp_path)
+    summary = summarize(df)
+    assert set(summary["kind"]) == {"baseline", "zero_shot", "fdkt"}
+    zs = summary[summary["kind"] == "zero_shot"].iloc[0]
+    assert zs["accuracy_mean"] == pytest.approx(0.71)
+    one = summary[(summary["kind"] == "fdkt") & (summary["epsilon"] == 1.0)].iloc[0]
+    assert one["dp_synthetic_accuracy_mean"] == pytest.approx(0.71)  # 0.70 + 0.01 × ε
+    paths = write_sweep_report(tmp_path)
+    md = paths["md"].read_text()
+    assert "| zero-shot LLM baseline |" in md
+    assert "DP-synthetic baseline (no LLM)" in md
+    run = tmp_path / "one-round"
+    write_json(run / "results.json", fake_results(3.0, 0, rounds=1, more_baselines=True))
+    report = run_report(run).read_text()
+    assert "| zero-shot LLM | DP demos, no LLM |" in report

@@ -259,3 +259,20 @@ def test_leftover_processes_of_a_job_are_found_and_stopped(tmp_path: Path):
     finally:
         if child.poll() is None:
             child.kill()
+
+
+def test_the_module_entry_point_counts_jobs_and_exits_nonzero_on_failures(tmp_path: Path):
+    # Invalid budgets are rejected before any SuperLink starts, so this runs the real
+    # `python -m fdkt_flwr.sweep` (its __main__ path shares state with Hydra's callback) in
+    # seconds.
+    sweep_dir = tmp_path / "cli"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fdkt_flwr.sweep", "-m", "privacy.epsilon=-1,-2",
+         f"hydra.sweep.dir={sweep_dir}"], cwd=Path(sweep.CONF_DIR).parent,
+        capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "job 1/2" in out and "job 2/2" in out, out
+    assert "sweep done" in out and "2 invalid" in out, out
+    assert (sweep_dir / "sweep.md").exists()
+    assert {j["status"] for j in _jobs(sweep_dir).values()} == {"invalid"}
