@@ -200,6 +200,8 @@ class FdktClient:
         timing["sampling_s"] = time.perf_counter() - t0
         self.state.demos = list(demos)
         stats = {"num_private": len(private), "demos_sampled": len(samples),
+                 # label counts of the private data are not released: they would leak the
+                 # label histogram, which DP-SGD does not cover. Only the size is reported.
                  "demos_sent": len(demos), **{f"demos_dropped_{k}": v for k, v in drops.items()},
                  **timing}
         return DemonstrationReply(client=self.client_id, task=self.task, demos=demos,

@@ -364,12 +364,17 @@ class FlowerCli:
                               capture_output=True, text=True, timeout=timeout)
 
     def _json(self, *args: str, timeout: float = 120) -> dict[str, Any]:
+        """Run ``flwr ... --format json``; a failure raises DeployError with Flower's message."""
         res = self(*args, "--format", "json", timeout=timeout)
         try:
-            return json.loads(res.stdout)
+            out = json.loads(res.stdout)
         except ValueError:
             msg = (res.stdout + res.stderr).strip().splitlines()
             raise DeployError(f"flwr {' '.join(args)}: {msg[-1] if msg else 'failed'}") from None
+        if isinstance(out, dict) and out.get("success") is False:
+            why = str(out.get("error-message", out)).strip().replace("\n\n", "; ")
+            raise DeployError(f"flwr {' '.join(args[:2])}: {why}")
+        return out
 
     def register(self, public_key: Path, name: str | None = None) -> int:
         """``flwr supernode register``: allow this key to connect; returns the node id."""
@@ -398,8 +403,20 @@ class FlowerCli:
                                   "s (see the SuperNode logs)")
             time.sleep(1.0)
 
-    def submit(self, overrides: Mapping[str, Any], app_dir: Path = APP_DIR) -> int:
-        """``flwr run APP CONNECTION --run-config ...``; returns the run id (no waiting)."""
+    def submit(self, overrides: Mapping[str, Any], app_dir: Path = APP_DIR,
+               validate: bool = True) -> int:
+        """``flwr run APP CONNECTION --run-config ...``; returns the run id (no waiting).
+
+        ``validate`` checks the overrides here first, so that a typo or a bad value fails at
+        once with one line naming the key (Flower itself only says "Invalid run configuration").
+        """
+        if validate:
+            from fdkt_flwr.config import ConfigError, from_flat
+
+            try:
+                from_flat(dict(overrides))
+            except ConfigError as exc:
+                raise DeployError(f"invalid setting: {exc}") from None
         flat = {k.replace("_", "-"): v for k, v in overrides.items()}
         args = ["run", str(app_dir), self.connection]
         if flat:
@@ -457,7 +474,7 @@ class FlowerCli:
 
     def run(self, overrides: Mapping[str, Any], *, timeout: float = 3600,
             app_dir: Path = APP_DIR, on_line: LineFn | None = None,
-            log_path: Path | None = None) -> RunOutcome:
+            log_path: Path | None = None, validate: bool = True) -> RunOutcome:
         """Submit, follow the logs, and return the run's true outcome.
 
         ``output-dir`` should be an absolute path *on the SuperLink machine* (the ServerApp
@@ -475,7 +492,7 @@ class FlowerCli:
                 on_line(line)
 
         try:
-            run_id = self.submit(overrides, app_dir)
+            run_id = self.submit(overrides, app_dir, validate=validate)
         except DeployError as exc:
             emit(f"{exc}\n")
             return RunOutcome(None, "submit-failed", str(exc), out_dir / "results.json",
@@ -779,9 +796,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "run":
         overrides = parse_overrides(args.overrides)
-        from fdkt_flwr.config import from_flat
-
-        from_flat(overrides)  # fail fast on a bad setting, before anything is submitted
         cli = FlowerCli(args.flwr_home, args.connection, cwd=Path.cwd())
         outcome = cli.run(overrides, timeout=args.timeout, on_line=sys.stdout.write)
         print(f"fdkt-deploy: run {outcome.run_id} {outcome.status} {outcome.details}".rstrip())

@@ -237,12 +237,17 @@ def _submit_and_follow(overrides: dict[str, Any], num_clients: int, cpus_per_cli
                          f"num-supernodes={num_clients} "
                          f"client-resources-num-cpus={cpus_per_client}")
         try:
-            run_id = int(json.loads(submit.stdout)["run-id"])
-        except (ValueError, KeyError, TypeError):
+            answer = json.loads(submit.stdout)
+        except ValueError:
+            answer = {}
+        if "run-id" not in answer:
             emit(submit.stdout + submit.stderr)
-            return RunOutcome(None, "submit-failed", (submit.stdout + submit.stderr).strip()
-                              .splitlines()[-1:][0] if (submit.stdout + submit.stderr).strip()
-                              else "flwr run failed", out_dir / "results.json", log_path)
+            text = (submit.stdout + submit.stderr).strip()
+            why = str(answer.get("error-message") or (text.splitlines()[-1] if text else
+                                                       "flwr run failed"))
+            return RunOutcome(None, "submit-failed", why.replace("\n", "; "),
+                              out_dir / "results.json", log_path)
+        run_id = int(answer["run-id"])
         emit(f"[fdkt-run] run {run_id} submitted to the SuperLink on port {sl.port}\n")
         sl.flwr("log", str(run_id), CONNECTION, "--stream", timeout=timeout, stream_to=emit)
         status, details = "timeout", f"no final status after {timeout:.0f} s"

@@ -5,9 +5,9 @@ and label names), its own FLWR_HOME and its own key, exactly as on separate mach
 settings; every process is stopped by PID and the test proves none is left.
 
 1. ``test_own_data_per_node_then_a_spent_ledger_refuses`` — run 1 completes and results.json
-   shows each node trained on its own file; run 2 (same ``ledger-path`` files, a budget that
-   fits one release but not two) is refused by both nodes and recorded as ``refused:``.
-   An unregistered key never joins.
+   shows each node trained on its own file under its own lowered budget (node config
+   ``privacy-epsilon``); run 2 (same ``ledger-path`` files; the budget fits one release but not
+   two) is refused by both nodes and recorded as ``refused:``. An unregistered key never joins.
 2. ``test_a_node_lost_mid_run_is_recorded_and_the_run_finishes`` — one SuperNode is killed
    (SIGKILL, like a power cut) when round 1's synthesize phase starts; the server finishes
    with the other and records the lost node in ``failures``.
@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.integration, requires_embedded_models]
 RUN_TIMEOUT = float(os.environ.get("FDKT_DEPLOY_RUN_TIMEOUT", "2400"))
 # TINY, minus what deployment does not need proven here (the simulation tests cover them):
 # no local-only baseline SLM and no LLM filtering (so no sentence encoder on the server).
-DEPLOY_TINY = {**TINY, "slm.baseline": False, "selection.enabled": False}
+DEPLOY_TINY = {**TINY, "baselines": "", "selection.enabled": False}
 
 
 def _write_site_csvs(tmp_path: Path) -> dict[str, dict]:
@@ -72,13 +72,15 @@ def _results(out: Path) -> dict:
 
 def test_own_data_per_node_then_a_spent_ledger_refuses(tmp_path):
     sites = _write_site_csvs(tmp_path)
-    # σ fixed at 2 and a budget of ε=2 (δ=1e-5, PRV): one release costs ε≈1.58 (site-a: q=8/24,
-    # 3 steps) / ≈1.84 (site-b: q=8/16, 2 steps) and fits; a second one would bring the
-    # composed ε to ≈2.13 / ≈2.53 > 2, so the node-local ledger must refuse it.
-    privacy = {"privacy.epsilon": 2.0, "privacy.noise-multiplier": 2.0}
+    # The run allows ε=3; each node lowers its own budget to ε=2 (node config privacy-epsilon).
+    # σ fixed at 2 (δ=1e-5, PRV): one release costs ε≈1.58 (site-a: q=8/24, 3 steps) / ≈1.84
+    # (site-b: q=8/16, 2 steps) and fits; a second one would bring the composed ε to
+    # ≈2.13 / ≈2.53 > 2, so the node-local ledger must refuse it.
+    privacy = {"privacy.epsilon": 3.0, "privacy.noise-multiplier": 2.0}
     with LoopbackDeployment(tmp_path / "deploy") as dep:
         for name, cfg in sites.items():
-            dep.add_node(name, {**cfg, "ledger-path": str(tmp_path / name / "ledger.json")})
+            dep.add_node(name, {**cfg, "privacy-epsilon": 2.0,
+                                "ledger-path": str(tmp_path / name / "ledger.json")})
         # A key nobody registered: with --enable-supernode-auth it must never join.
         intruder_key, _ = make_node_keypair(tmp_path / "intruder", "intruder")
         intruder = SuperNodeProcess(
@@ -105,6 +107,7 @@ def test_own_data_per_node_then_a_spent_ledger_refuses(tmp_path):
         assert "### great" in (out1 / "samples" / "site-a.md").read_text()
         assert "### positive" in (out1 / "samples" / "site-b.md").read_text()
         for name in sites:
+            assert res["privacy"][name]["target_epsilon"] == 2.0  # the node's own cap
             assert 0 < float(res["clients"][name]["epsilon"]) <= 2.0
             assert (tmp_path / name / "ledger.json").exists()  # node-local, persists
         assert res["failures"] == []
@@ -154,9 +157,9 @@ def test_a_node_lost_mid_run_is_recorded_and_the_run_finishes(tmp_path):
         outcome = dep.run({**DEPLOY_TINY, "privacy.epsilon": 3.0, "min-clients": 2,
                            "output-dir": str(out)}, timeout=RUN_TIMEOUT, on_line=on_line)
         elapsed = time.monotonic() - t0
-        assert killed, "the synthesize phase never showed in the log"
         assert outcome.status == "finished:completed", (outcome.details,
                                                         outcome.log_path.read_text()[-3000:])
+        assert killed, "the synthesize phase never showed in the log"
         res = _results(out)
         assert res["status"] == "completed"
         assert "accuracy" in res["clients"]["site-a"]  # the other node finished the round
