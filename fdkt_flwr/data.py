@@ -220,8 +220,14 @@ def _partitioner(cfg: DatasetConfig, num_partitions: int, seed: int, min_size: i
                                 min_partition_size=min_size, self_balancing=False)
 
 
-def _partition(split: Split, cfg: DatasetConfig, pid: int, n: int, seed: int) -> Split:
+def _partition(split: Split, cfg: DatasetConfig, pid: int, n: int, seed: int,
+               which: str = "train") -> Split:
     import datasets
+
+    if len(split) < n:
+        raise ConfigError(f"dataset.name='{cfg.name}': its {which} split has {len(split)} "
+                          f"example(s) for {n} clients, so some partitions would be empty; "
+                          "use fewer clients or more data")
 
     ds = datasets.Dataset.from_dict({"text": split.texts, "label": split.labels})
     # IidPartitioner takes contiguous shards, so shuffle first (seeded) to avoid sorted sources.
@@ -247,7 +253,7 @@ def client_data(cfg: DatasetConfig, partition_id: int, num_partitions: int,
         raise ConfigError(f"partition-id={partition_id}: must be in [0, {num_partitions})")
     src = load_source(cfg.name, cfg.text_column, cfg.label_column, cfg.test_fraction, seed)
     train = _partition(src.train, cfg, partition_id, num_partitions, seed)
-    test = _partition(src.test, cfg, partition_id, num_partitions, seed)
+    test = _partition(src.test, cfg, partition_id, num_partitions, seed, "test")
     return _finish(src.name, partition_id, train, test, src.label_names, cfg, seed)
 
 

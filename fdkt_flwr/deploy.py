@@ -761,6 +761,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flwr-home", type=Path,
                    default=Path(os.environ.get("FLWR_HOME", "~/.flwr")).expanduser())
     p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument("--app", type=Path, default=APP_DIR, help="the app folder (pyproject.toml)")
 
     p = sub.add_parser("demo", help="SuperLink + SuperNodes on this machine (TLS + auth)")
     p.add_argument("--node", action="append", required=True,
@@ -771,6 +772,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*")
 
     args = ap.parse_args(argv)
+    try:
+        return _main(args)
+    except (ValueError, DeployError) as exc:  # ConfigError is a ValueError too
+        print(f"fdkt-deploy {args.cmd}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
     if args.cmd == "superlink":
         certs = None if args.insecure else _certs_from_dir(args.certs or Path("certs"))
         cmd = superlink_command(host=args.host, port=args.port, certs=certs,
@@ -797,7 +806,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "run":
         overrides = parse_overrides(args.overrides)
         cli = FlowerCli(args.flwr_home, args.connection, cwd=Path.cwd())
-        outcome = cli.run(overrides, timeout=args.timeout, on_line=sys.stdout.write)
+        outcome = cli.run(overrides, timeout=args.timeout, on_line=sys.stdout.write,
+                          app_dir=args.app)
         print(f"fdkt-deploy: run {outcome.run_id} {outcome.status} {outcome.details}".rstrip())
         return 0 if outcome.status == "finished:completed" else 1
     # demo

