@@ -481,8 +481,14 @@ class FlowerCli:
         writes results.json there); ``RunOutcome.results_path`` points at it.
         """
         out_dir = Path(str(overrides.get("output-dir", ""))).expanduser()
-        log_path = log_path or (out_dir / "flwr_run.log" if str(out_dir) not in ("", ".")
-                                else self.cwd / "flwr_run.log")
+        if log_path is None:
+            # Next to results.json when that folder is usable here (loopback, shared disk);
+            # an operator on another machine keeps the log in its working directory.
+            log_path = self.cwd / "flwr_run.log"
+            if str(out_dir) not in ("", "."):
+                with contextlib.suppress(OSError):
+                    out_dir.mkdir(parents=True, exist_ok=True)
+                    log_path = out_dir / "flwr_run.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
 
         def emit(line: str) -> None:

@@ -50,6 +50,8 @@ def test_one_round_with_two_clients_completes_and_writes_the_contract(tmp_path):
         assert c["num_private"] == 24
     assert len(res["rounds"]) == 1
     assert res["timing"]["total"] > 0
+    # A normal run at ε ≤ 8 passes the leak guard: no blocked reply, no failure of any kind.
+    assert res["failures"] == []
     assert (out / "metrics.csv").exists()
 
 
@@ -69,3 +71,17 @@ def test_inf_epsilon_is_reported_as_non_private(tmp_path):
     for report in res["privacy"].values():
         assert report["private"] is False
         assert "non-private" in report["mode"]
+
+
+def test_a_crashing_client_does_not_stop_the_run_and_is_recorded(tmp_path):
+    # With Dirichlet α=0.1 and seed 0, client 1's partition holds 114 examples, so asking for
+    # 120 makes that client raise in its handler, every round; the others must finish.
+    out = tmp_path / "crash"
+    outcome = run_app({**TINY, "dataset.partitioner": "dirichlet", "dataset.dirichlet-alpha": 0.1,
+                       "dataset.private-size": 120, "generator.batch-size": 24,
+                       "output-dir": str(out)}, num_clients=3, timeout=1500, stream=False)
+    assert outcome.status == "finished:completed", outcome.details
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["rounds"][0]["clients"]) == {"client-0", "client-2"}
+    failure = next(f for f in res["failures"] if "private-size=120" in f["reason"])
+    assert failure["round"] == 1 and failure["phase"] == "synthesize"

@@ -159,3 +159,42 @@ def test_split_address():
     assert deploy.join_address("::1", 9) == "[::1]:9"
     with pytest.raises(ValueError):
         deploy.split_address("no-port")
+
+
+def test_submit_rejects_a_bad_setting_before_calling_flwr(tmp_path, monkeypatch):
+    cli = deploy.FlowerCli(tmp_path)
+    monkeypatch.setattr(deploy.FlowerCli, "__call__",
+                        lambda *a, **k: pytest.fail("flwr must not be called"))
+    with pytest.raises(deploy.DeployError, match=r"slm\.baseline"):
+        cli.submit({"slm.baseline": False})
+    with pytest.raises(deploy.DeployError, match=r"privacy\.epsilon"):
+        cli.submit({"privacy.epsilon": -1.0})
+
+
+def test_a_flwr_error_answer_becomes_one_readable_line(tmp_path, monkeypatch):
+    import subprocess
+
+    answer = ('{"success": false, "error-message": "Using SuperLink: fdkt-deploy '
+              '(127.0.0.1:1)\\n\\n[code: 15] Invalid run configuration."}')
+    monkeypatch.setattr(deploy.FlowerCli, "__call__", lambda self, *a, **k:
+                        subprocess.CompletedProcess(a, 0, answer, ""))
+    with pytest.raises(deploy.DeployError, match=r"Invalid run configuration"):
+        deploy.FlowerCli(tmp_path).submit({}, validate=False)
+
+
+def test_run_reports_the_status_from_flwr_list_and_logs_next_to_results(tmp_path, monkeypatch):
+    cli = deploy.FlowerCli(tmp_path / "home")
+    monkeypatch.setattr(cli, "submit", lambda overrides, app_dir, validate: 7)
+
+    def follow(run_id, timeout, on_line):
+        on_line("[server] round 1 done\n")
+        return True
+
+    monkeypatch.setattr(cli, "follow", follow)
+    monkeypatch.setattr(cli, "wait_finished", lambda run_id, timeout: ("finished:failed", "boom"))
+    out = tmp_path / "out"
+    outcome = cli.run({"output-dir": str(out)}, timeout=5)
+    assert (outcome.run_id, outcome.status, outcome.details) == (7, "finished:failed", "boom")
+    assert not outcome.ok
+    assert outcome.results_path == out / "results.json"
+    assert "round 1 done" in (out / "flwr_run.log").read_text()
