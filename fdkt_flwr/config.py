@@ -144,6 +144,9 @@ class FdktConfig:
                            "~/fdkt-flwr-runs/<date>-<time>-run<id>")
     min_clients: int = _opt(2, "clients that must be connected before round 1",
                             check="positive_int")
+    round_timeout: float = _opt(3600.0, "seconds the server waits for replies in each phase; "
+                                "a client that has not answered by then is recorded as failed",
+                                check="positive")
     baselines: str = _opt("local", "comma-separated baselines trained on the same split: "
                           "local (private only), dp-synthetic (private + the client's own DP "
                           "demonstrations, no LLM), zero-shot (private + LLM samples written "

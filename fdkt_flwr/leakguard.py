@@ -118,11 +118,24 @@ def make_leak_guard(index_for: Callable[[Any], LeakIndex | None]) -> Callable:
     from flwr.app import Error, Message
 
     def leak_guard(msg: Any, context: Any, call_next: Callable) -> Any:
-        reply = call_next(msg, context)
-        if reply.has_error():
-            return reply
         index = index_for(context)
+        try:
+            reply = call_next(msg, context)
+        except Exception as exc:
+            # Flower would send str(exc) to the server: it must not quote private text.
+            if index is not None and index.check(str(exc)):
+                log.error("leak guard: an exception message carried private text; "
+                          "only its type is reported")
+                raise RuntimeError(f"{type(exc).__name__} (message withheld by the leak guard: "
+                                   "it contained private text)") from None
+            raise
         if index is None:
+            return reply
+        if reply.has_error():
+            if index.check(reply.error.reason):
+                return Message(error=Error(code=reply.error.code, reason=(
+                    "error reason withheld by the leak guard: it contained private text")),
+                    reply_to=msg)
             return reply
         findings = scan(reply.content, index)
         if not findings:

@@ -49,7 +49,7 @@ def run_server(grid: Any, run_config: Mapping[str, Any], run_id: int | str = 0) 
         from fdkt_flwr.strategy import FdktStrategy
 
         strategy = FdktStrategy(cfg, llm, encoder, results)
-        strategy.start(grid, num_rounds=cfg.num_server_rounds)
+        strategy.start(grid, num_rounds=cfg.num_server_rounds, timeout=cfg.round_timeout)
         stats = getattr(llm, "stats", None)
         if stats is not None and hasattr(stats, "snapshot"):
             results.data["llm"] = stats.snapshot()

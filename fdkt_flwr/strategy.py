@@ -59,7 +59,11 @@ class FdktStrategy:
         self.names: dict[int, str] = {}  # node id -> client id
         self._zero_shot_sent: set[str] = set()
         self._no_demos: set[str] = set()  # answered, but every demonstration was filtered out
+        self._reply_node: dict[int, int] = {}  # id(reply) -> node its request went to
         self._round_server_stats: dict[str, dict[str, Any]] = {}
+
+    def _node_of(self, reply: Message) -> int:
+        return self._reply_node.get(id(reply), reply.metadata.src_node_id)
 
     def client_name(self, node_id: int) -> str:
         return self.names.get(node_id, f"node-{node_id}")
@@ -74,7 +78,7 @@ class FdktStrategy:
 
     def aggregate_synthesize(self, server_round: int, replies: Iterable[Message]) -> None:
         for reply in replies:
-            nid = reply.metadata.src_node_id
+            nid = self._node_of(reply)
             if reply.has_error():
                 self.results.record_failure(self.client_name(nid), server_round, "synthesize",
                                             reply.error.reason)
@@ -158,7 +162,7 @@ class FdktStrategy:
                         ) -> dict[str, dict[str, Any]]:
         metrics: dict[str, dict[str, Any]] = {}
         for reply in replies:
-            nid = reply.metadata.src_node_id
+            nid = self._node_of(reply)
             name = self.client_name(nid)
             if reply.has_error():
                 self.results.record_failure(name, server_round, "train", reply.error.reason)
@@ -181,7 +185,13 @@ class FdktStrategy:
         if not messages:
             return []
         replies = list(grid.send_and_receive(messages, timeout=timeout))
-        answered = {r.metadata.src_node_id for r in replies}
+        # The SuperLink answers for a node it lost (src = the SuperLink itself), so a reply is
+        # attributed to the node its request went to, found through reply_to_message_id.
+        sent = {m.metadata.message_id: m.metadata.dst_node_id for m in messages
+                if m.metadata.message_id}
+        self._reply_node = {id(r): sent.get(r.metadata.reply_to_message_id,
+                                            r.metadata.src_node_id) for r in replies}
+        answered = set(self._reply_node.values())
         for m in messages:
             if m.metadata.dst_node_id not in answered:
                 self.results.record_failure(self.client_name(m.metadata.dst_node_id),

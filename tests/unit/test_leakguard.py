@@ -60,11 +60,13 @@ def _msg(content: RecordDict, message_type: str) -> Message:
     return Message(content, metadata=md)
 
 
-def _app(leaky: bool, index: LeakIndex) -> ClientApp:
+def _app(leaky: bool, index: LeakIndex, crash: bool = False) -> ClientApp:
     app = ClientApp(mods=[make_leak_guard(lambda ctx: index)])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
+        if crash:  # an error whose message quotes a private example
+            raise ValueError(f"could not parse row: {PRIVATE[1]}")
         texts = ["an honest synthetic review about tea"]
         if leaky:  # a deliberately broken client that ships a private example
             texts.append(PRIVATE[0])
@@ -95,3 +97,11 @@ def test_a_clean_client_passes_unchanged(index):
 def test_scan_reads_strings_in_lists_scalars_and_bytes(index):
     content = RecordDict({"a": ConfigRecord({"s": PRIVATE[1], "b": PRIVATE[1].encode()})})
     assert {(f.record, f.key) for f in scan(content, index)} == {("a", "s"), ("a", "b")}
+
+
+def test_an_exception_quoting_private_text_is_reported_by_type_only(index):
+    app = _app(False, index, crash=True)
+    with pytest.raises(RuntimeError) as err:
+        app(_msg(RecordDict({}), "train"), _ctx())
+    assert "ValueError (message withheld by the leak guard" in str(err.value)
+    assert "cardboard" not in str(err.value)

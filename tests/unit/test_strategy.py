@@ -171,3 +171,27 @@ def test_zero_shot_baseline_samples_are_sent_once_and_only_when_asked(tmp_path):
     grid = FakeGrid({11: REVIEWS, 12: TICKETS})
     plain.start(grid, num_rounds=1, timeout=10)
     assert grid.zero_shot[11] == [None]
+
+
+def test_a_lost_node_is_attributed_through_reply_to_not_the_superlink_id(tmp_path):
+    from fdkt_flwr.protocol import TRAIN as _TRAIN
+
+    strategy, results = _strategy(tmp_path)
+
+    class LosingGrid(FakeGrid):
+        def send_and_receive(self, messages, timeout=None):
+            for i, m in enumerate(messages):  # as the real Grid does on sending
+                m.metadata.__dict__["_message_id"] = f"m{m.metadata.dst_node_id}-{i}"
+            out = []
+            for m in messages:
+                if m.metadata.dst_node_id == 12 and m.metadata.message_type == _TRAIN:
+                    err = Message(error=Error(code=0, reason="Node Unavailable"), reply_to=m)
+                    err.metadata.__dict__["_src_node_id"] = 1  # the SuperLink answers for it
+                    out.append(err)
+                else:
+                    out.extend(super().send_and_receive([m], timeout))
+            return out
+
+    strategy.start(LosingGrid({11: REVIEWS, 12: TICKETS}), num_rounds=1, timeout=5)
+    failures = json.loads(results.path.read_text())["failures"]
+    assert [(f["client"], f["reason"]) for f in failures] == [("c12", "Node Unavailable")]
