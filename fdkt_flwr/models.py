@@ -207,12 +207,9 @@ def load_causal_lm(name: str, dtype: Any = None, fresh: bool = False):
         return model.eval()
 
     key = ("clm", name, str(dtype))
-    if fresh and key not in _cache:
-        # A client that trains needs its own weights and never generates with shared ones:
-        # load a private copy instead of caching one and deep-copying it (2x the memory).
-        model = build()
-    else:
-        model = _cached(key, build, fresh)
+    # A client that trains needs its own weights and never generates with shared ones: load a
+    # private copy instead of caching one and deep-copying it (2x the memory).
+    model = build() if fresh and key not in _cache else _cached(key, build, fresh)
     tok = load_tokenizer(name)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
