@@ -277,19 +277,20 @@ def from_flat(flat: Mapping[str, Any], *, strict: bool = True) -> FdktConfig:
     return cfg
 
 
+def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"privacy": {"epsilon": 3}}`` -> ``{"privacy.epsilon": 3}`` (how Flower flattens)."""
+    flat: dict[str, Any] = {}
+    for k, v in nested.items():
+        if isinstance(v, Mapping):
+            flat.update(flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
 def from_nested(nested: Mapping[str, Any]) -> FdktConfig:
     """Build from a nested mapping (Hydra/OmegaConf container or ``asdict`` output)."""
-    flat: dict[str, Any] = {}
-
-    def rec(d: Mapping[str, Any], prefix: str) -> None:
-        for k, v in d.items():
-            if isinstance(v, Mapping):
-                rec(v, f"{prefix}{k}.")
-            else:
-                flat[f"{prefix}{k}"] = v
-
-    rec(nested, "")
-    return from_flat(flat)
+    return from_flat(flatten(nested))
 
 
 def to_nested(cfg: FdktConfig) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from fdkt_flwr import audit
 from fdkt_flwr.audit import (
@@ -27,6 +27,7 @@ from fdkt_flwr.generator import (
     encode_example,
     per_example_lm_loss,
 )
+from tests.tiny import tiny_llama as _tiny_llama
 
 TEXTS = [
     "the clinic was clean and quick",
@@ -62,24 +63,10 @@ def tok() -> PreTrainedTokenizerFast:
     )
 
 
-def tiny_llama(vocab: int) -> LlamaForCausalLM:
+def tiny_llama(vocab: int):
     # Untied embeddings: with full fine-tuning the (untied) LM head trains, so this tiny
     # model can memorise within a few dozen steps.
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=96,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    return LlamaForCausalLM(cfg)
+    return _tiny_llama(vocab, tie=False, max_positions=96)
 
 
 # ------------------------------------------------------------------------ exposure math

@@ -11,6 +11,7 @@ import pytest
 from fdkt_flwr.config import (
     ConfigError,
     FdktConfig,
+    flatten,
     from_flat,
     pyproject_block,
     to_run_config,
@@ -22,18 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _pyproject_run_config() -> dict:
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    table = data["tool"]["flwr"]["app"]["config"]
-    flat: dict = {}
-
-    def rec(d: dict, prefix: str) -> None:
-        for k, v in d.items():
-            if isinstance(v, dict):
-                rec(v, f"{prefix}{k}.")
-            else:
-                flat[f"{prefix}{k}"] = v
-
-    rec(table, "")
-    return flat
+    return flatten(data["tool"]["flwr"]["app"]["config"])
 
 
 def test_pyproject_mirrors_the_schema_exactly():

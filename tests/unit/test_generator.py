@@ -14,9 +14,6 @@ import torch
 from opacus.optimizers.optimizer import DPOptimizer
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
 )
@@ -42,6 +39,7 @@ from fdkt_flwr.privacy import (
     Release,
     compute_epsilon,
 )
+from tests.tiny import tiny_gpt2, tiny_llama
 
 CODES = {0: "Domain: health | Rating: 1", 1: "Domain: health | Rating: 5"}
 TEXTS = [
@@ -98,36 +96,6 @@ def gpt2_tok() -> PreTrainedTokenizerFast:
     return _tokenizer(bos=False, pad=False)
 
 
-def tiny_llama(vocab: int) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    return LlamaForCausalLM(cfg)
-
-
-def tiny_gpt2(vocab: int) -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        vocab_size=vocab,
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        n_positions=64,
-        bos_token_id=2,
-        eos_token_id=2,
-    )
-    return GPT2LMHeadModel(cfg)
 
 
 def _data(repeat: int = 1) -> tuple[list[str], list[str]]:
