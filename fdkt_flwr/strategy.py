@@ -227,6 +227,11 @@ class FdktStrategy:
             metrics = self.aggregate_train(server_round, self._send(grid, train, timeout,
                                                                     "train", server_round))
             self.results.record_round(server_round, metrics, self._round_server_stats)
+            if len(metrics) < self.cfg.min_replies:
+                raise RuntimeError(
+                    f"round {server_round}: only {len(metrics)} of {len(nodes)} clients "
+                    f"reported metrics, fewer than min-replies={self.cfg.min_replies} (see "
+                    f"'failures' in {self.results.path})")
             self.results.add_time("rounds", time.perf_counter() - t0)
             log.info("[server] round %d done in %.1f s: %s", server_round,
                      time.perf_counter() - t0,

@@ -195,3 +195,13 @@ def test_a_lost_node_is_attributed_through_reply_to_not_the_superlink_id(tmp_pat
     strategy.start(LosingGrid({11: REVIEWS, 12: TICKETS}), num_rounds=1, timeout=5)
     failures = json.loads(results.path.read_text())["failures"]
     assert [(f["client"], f["reason"]) for f in failures] == [("c12", "Node Unavailable")]
+
+
+def test_fewer_replies_than_the_minimum_end_the_run_with_results_written(tmp_path):
+    strategy, results = _strategy(tmp_path, **{"min-replies": 2})
+    grid = FakeGrid({11: REVIEWS, 12: TICKETS}, crash={12: TRAIN})
+    with pytest.raises(RuntimeError, match="only 1 of 2 clients reported metrics, fewer than "
+                                           "min-replies=2"):
+        strategy.start(grid, num_rounds=2, timeout=5)
+    data = json.loads(results.path.read_text())
+    assert [r["round"] for r in data["rounds"]] == [1] and data["failures"]
