@@ -144,8 +144,8 @@ class FdktConfig:
                            "~/fdkt-flwr-runs/<date>-<time>-run<id>")
     min_clients: int = _opt(2, "clients that must be connected before round 1",
                             check="positive_int")
-    min_replies: int = _opt(1, "clients that must answer each phase for the run to go on; "
-                            "fewer ends the run as failed (with results so far written)",
+    min_replies: int = _opt(1, "clients that must report metrics in a round for the run to go "
+                            "on; fewer ends the run as failed (results so far are written)",
                             check="positive_int")
     round_timeout: float = _opt(3600.0, "seconds the server waits for replies in each phase; "
                                 "a client that has not answered by then is recorded as failed",

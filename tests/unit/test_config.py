@@ -85,3 +85,12 @@ def test_unknown_key_is_an_error_not_a_silent_default():
 
 def test_underscore_and_hyphen_spellings_are_the_same_key():
     assert from_flat({"dataset.private_size": 7}) == from_flat({"dataset.private-size": 7})
+
+
+def test_readme_settings_table_is_current():
+    # If this fails: python -m fdkt_flwr.config --table, and paste it into the README.
+    from fdkt_flwr.config import option_table
+
+    readme = (ROOT / "README.md").read_text()
+    for key, _, help_ in option_table():
+        assert f"| `{key}` |" in readme and help_ in readme, key
