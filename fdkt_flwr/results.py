@@ -146,4 +146,17 @@ class RunResults:
             lines.append(f"| {cid} | {eps_s} | {f('accuracy')} | {f('baseline_accuracy')} | "
                          f"{f('gain_accuracy')} | {f('macro_f1')} | {c.get('num_private', '–')} "
                          f"| {c.get('num_synthetic', '–')} |")
+        clients = list(self.data["clients"].values())
+        if len(clients) > 1:
+            from fdkt_flwr.metrics import summarize
+
+            def ms(k: str) -> str:
+                vals = [float(c[k]) for c in clients if c.get(k) is not None]
+                if not vals:
+                    return "–"
+                s = summarize(vals)
+                return f"{s['mean']:.3f} ± {s['std'] or 0.0:.3f}"
+
+            lines.append(f"| mean ± std | | {ms('accuracy')} | {ms('baseline_accuracy')} | "
+                         f"{ms('gain_accuracy')} | {ms('macro_f1')} | | |")
         return "\n".join(lines)
