@@ -12,7 +12,7 @@ from flwr.clientapp import ClientApp
 from fdkt_flwr.client import ClientState, FdktClient, leak_index_for
 from fdkt_flwr.config import from_flat
 from fdkt_flwr.leakguard import make_leak_guard
-from fdkt_flwr.protocol import SynthesizeRequest, TrainRequest
+from fdkt_flwr.protocol import HelloReply, SynthesizeRequest, TrainRequest
 
 _flwr_log = logging.getLogger("flwr")
 _STATE_KEY = "fdkt"
@@ -51,6 +51,15 @@ def synthesize(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     req = TrainRequest.from_record(msg.content)
     client = _client(context)
-    reply = client.train(req.server_round, req.samples, req.zero_shot)
+    reply = client.train(req.server_round, req.samples, req.zero_shot, req.num_new, req.demos)
     _save(context, client)
     return Message(reply.to_record(), reply_to=msg)
+
+
+@app.query("hello")
+def hello(msg: Message, context: Context) -> Message:
+    """Identify this node (a resumed run maps new node ids to known clients)."""
+    from fdkt_flwr.client import client_identity
+
+    return Message(HelloReply(client_identity(context.node_config, context.node_id)).to_record(),
+                   reply_to=msg)

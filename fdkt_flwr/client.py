@@ -77,21 +77,20 @@ class ClientState:
     """What a client keeps between rounds (and, for the ledger, between runs)."""
 
     ledger: dict[str, Any] | None = None
-    synthetic: list[Sample] = field(default_factory=list)  # everything received so far
     demos: list[Sample] = field(default_factory=list)  # own DP demonstrations (public)
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> metrics
 
     def state_dict(self) -> dict[str, Any]:
-        return {"ledger": self.ledger, "synthetic": [list(s) for s in self.synthetic],
-                "demos": [list(s) for s in self.demos], "baselines": self.baselines}
+        return {"ledger": self.ledger, "demos": [list(s) for s in self.demos],
+                "baselines": self.baselines}
 
     @classmethod
     def from_state_dict(cls, d: Mapping[str, Any]) -> ClientState:
         def samples(key: str) -> list[Sample]:
             return [(str(t), int(y)) for t, y in d.get(key, [])]
 
-        return cls(ledger=d.get("ledger"), synthetic=samples("synthetic"),
-                   demos=samples("demos"), baselines=dict(d.get("baselines", {})))
+        return cls(ledger=d.get("ledger"), demos=samples("demos"),
+                   baselines=dict(d.get("baselines", {})))
 
 
 class FdktClient:
@@ -239,24 +238,29 @@ class FdktClient:
         return [(t, y) for t, y in samples if 0 <= y < k]
 
     def train(self, server_round: int, received: list[Sample],
-              zero_shot: list[Sample] | None = None) -> TrainReply:
-        """Train the SLM on private + all synthetic received so far; evaluate on held-out.
+              zero_shot: list[Sample] | None = None, num_new: int | None = None,
+              demos: list[Sample] | None = None) -> TrainReply:
+        """Train the SLM on private + ``received`` (every sample sent so far); evaluate on the
+        held-out split.
 
         Baselines (``baselines`` setting) are trained once, on the same private and test
         split: ``local`` (private only), ``dp-synthetic`` (private + this client's own DP
-        demonstrations, no LLM) and ``zero-shot`` (private + the LLM's samples written without
+        demonstrations, no LLM; echoed by the server as ``demos`` so that a restarted client
+        needs no state) and ``zero-shot`` (private + the LLM's samples written without
         demonstrations, sent by the server as ``zero_shot``).
         """
         from fdkt_flwr.config import parse_list
 
-        self.state.synthetic.extend(self._valid(received))
-        synth = self.state.synthetic
+        synth = self._valid(received)
+        if demos is not None:
+            self.state.demos = self._valid(demos)
         self.progress(f"round {server_round}: training SLM {self.cfg.slm.model} on "
                       f"{len(self.data.private)} private + {len(synth)} synthetic examples")
         fdkt = self._fit(synth)
+        new = len(received) if num_new is None else num_new
         metrics = {"accuracy": fdkt["accuracy"], "macro_f1": fdkt["macro_f1"],
                    "num_private": float(len(self.data.private)),
-                   "num_synthetic": float(len(synth)), "num_received": float(len(received)),
+                   "num_synthetic": float(len(synth)), "num_received": float(new),
                    "num_test": float(len(self.data.test)), "slm_s": fdkt["seconds"]}
         details: dict[str, Any] = {"per_class_f1": fdkt["per_class_f1"],
                                    "best_epoch": fdkt["best_epoch"]}
@@ -266,6 +270,8 @@ class FdktClient:
             if name not in self.state.baselines:
                 if name == "zero-shot" and zero_shot is None:
                     continue  # the server has not sent them (yet)
+                if name == "dp-synthetic" and not self.state.demos and demos is None:
+                    continue
                 self.progress(f"round {server_round}: training the {name} baseline")
                 self.state.baselines[name] = self._fit(sources[name]())
             b = self.state.baselines[name]

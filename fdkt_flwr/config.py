@@ -144,6 +144,8 @@ class FdktConfig:
                            "~/fdkt-flwr-runs/<date>-<time>-run<id>")
     min_clients: int = _opt(2, "clients that must be connected before round 1",
                             check="positive_int")
+    resume: bool = _opt(False, "continue the run in output-dir from its last completed round "
+                        "(no client is asked for a second DP release)")
     min_replies: int = _opt(1, "clients that must report metrics in a round for the run to go "
                             "on; fewer ends the run as failed (results so far are written)",
                             check="positive_int")
@@ -231,6 +233,8 @@ def _validate(cfg: FdktConfig) -> None:
     if cfg.output_dir and not Path(cfg.output_dir).expanduser().is_absolute():
         raise ConfigError(f"output-dir={cfg.output_dir!r}: must be an absolute path (the "
                           "ServerApp does not run in the app folder)")
+    if cfg.resume and not cfg.output_dir:
+        raise ConfigError("resume=true: needs output-dir, the folder of the run to continue")
     if cfg.llm.backend == "openai" and not cfg.llm.base_url:
         raise ConfigError("llm.base-url='': must be set when llm.backend='openai'")
 

@@ -103,25 +103,56 @@ class DemonstrationReply:
 
 @dataclass
 class TrainRequest:
-    """This round's generated samples; ``zero_shot`` carries the zero-shot baseline's samples
-    (written without demonstrations) when that baseline is on and the client lacks them."""
+    """What a client trains on this round, all public: ``samples`` are *all* generated samples
+    sent to it so far (the server owns that history, so a restarted client, or a resumed run,
+    trains on exactly what an uninterrupted one would), of which the last ``num_new`` are this
+    round's. ``zero_shot`` carries the zero-shot baseline's samples and ``demos`` echoes the
+    client's own DP demonstrations for the dp-synthetic baseline, when those baselines are on.
+    """
 
     server_round: int
     samples: list[Sample]
     zero_shot: list[Sample] | None = None
+    num_new: int | None = None
+    demos: list[Sample] | None = None
 
     def to_record(self) -> RecordDict:
-        content = RecordDict({"config": ConfigRecord({"server-round": self.server_round}),
+        new = len(self.samples) if self.num_new is None else self.num_new
+        content = RecordDict({"config": ConfigRecord({"server-round": self.server_round,
+                                                      "num-new": new}),
                               "synthetic": _samples_record(self.samples)})
         if self.zero_shot is not None:
             content["zero-shot"] = _samples_record(self.zero_shot)
+        if self.demos is not None:
+            content["demos"] = _samples_record(self.demos)
         return content
 
     @classmethod
     def from_record(cls, content: RecordDict) -> TrainRequest:
-        zs = _samples_from(content["zero-shot"]) if "zero-shot" in content else None
-        return cls(server_round=int(_get(content, "config")["server-round"]),
-                   samples=_samples_from(_get(content, "synthetic")), zero_shot=zs)
+        cfg = _get(content, "config")
+        samples = _samples_from(_get(content, "synthetic"))
+        return cls(server_round=int(cfg["server-round"]), samples=samples,
+                   zero_shot=_samples_from(content["zero-shot"]) if "zero-shot" in content
+                   else None,
+                   num_new=int(cfg["num-new"]) if "num-new" in cfg else len(samples),
+                   demos=_samples_from(content["demos"]) if "demos" in content else None)
+
+
+HELLO = "query.hello"
+
+
+@dataclass
+class HelloReply:
+    """Who a node is (its client id). Sent when a resumed run maps new node ids to clients."""
+
+    client: str
+
+    def to_record(self) -> RecordDict:
+        return RecordDict({"client": ConfigRecord({"id": self.client})})
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> HelloReply:
+        return cls(client=str(_get(content, "client")["id"]))
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -9,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from fdkt_flwr.config import from_flat, to_run_config
-from fdkt_flwr.results import RunResults, default_output_dir
+from fdkt_flwr.results import RunResults, default_output_dir, write_json
+
+CHECKPOINT = "checkpoint.json"
 
 log = logging.getLogger("flwr")
 
@@ -37,6 +40,14 @@ def run_server(grid: Any, run_config: Mapping[str, Any], run_id: int | str = 0) 
     cfg = from_flat(run_config)
     out = Path(cfg.output_dir).expanduser() if cfg.output_dir else default_output_dir(run_id)
     results = RunResults(out, to_run_config(cfg))
+    ckpt_path = out / CHECKPOINT
+    checkpoint = None
+    if cfg.resume and ckpt_path.exists():
+        checkpoint = json.loads(ckpt_path.read_text())
+        results.data = checkpoint["results"]
+        results.data["status"] = "running"
+        results.data.setdefault("resumed", []).append(
+            {"run_id": run_id, "after_round": checkpoint["strategy"]["completed_rounds"]})
     results.data["run_id"] = run_id
     results.write()
     log.info("[server] results will be written to %s", results.path)
@@ -49,7 +60,14 @@ def run_server(grid: Any, run_config: Mapping[str, Any], run_id: int | str = 0) 
         from fdkt_flwr.strategy import FdktStrategy
 
         strategy = FdktStrategy(cfg, llm, encoder, results)
-        strategy.start(grid, num_rounds=cfg.num_server_rounds, timeout=cfg.round_timeout)
+        if checkpoint is not None:
+            strategy.load_state_dict(checkpoint["strategy"])
+
+        def save(s: FdktStrategy) -> None:
+            write_json(ckpt_path, {"strategy": s.state_dict(), "results": results.data})
+
+        strategy.start(grid, num_rounds=cfg.num_server_rounds, timeout=cfg.round_timeout,
+                       checkpoint=save)
         stats = getattr(llm, "stats", None)
         if stats is not None and hasattr(stats, "snapshot"):
             results.data["llm"] = stats.snapshot()

@@ -19,14 +19,16 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from flwr.app import Message
+from flwr.app import Message, RecordDict
 
 from fdkt_flwr.augmentation import AugmentationService, AugmentConfig
 from fdkt_flwr.config import FdktConfig, parse_list
 from fdkt_flwr.protocol import (
+    HELLO,
     SYNTHESIZE,
     TRAIN,
     DemonstrationReply,
+    HelloReply,
     ProtocolError,
     SynthesizeRequest,
     TrainReply,
@@ -57,9 +59,12 @@ class FdktStrategy:
         self.results = results
         self.service = AugmentationService(llm, augment_config(cfg), encoder, seed=cfg.seed)
         self.names: dict[int, str] = {}  # node id -> client id
-        self._zero_shot_sent: set[str] = set()
         self._no_demos: set[str] = set()  # answered, but every demonstration was filtered out
         self._reply_node: dict[int, int] = {}  # id(reply) -> node its request went to
+        self.sent: dict[str, list] = {}  # client id -> every generated sample sent so far
+        self.client_demos: dict[str, list] = {}  # client id -> its DP demonstrations
+        self.zero_shot: dict[str, list] = {}  # client id -> zero-shot baseline samples
+        self.completed_rounds = 0
         self._round_server_stats: dict[str, dict[str, Any]] = {}
 
     def _node_of(self, reply: Message) -> int:
@@ -102,7 +107,9 @@ class FdktStrategy:
                                             "no DP demonstrations left after cleaning; the "
                                             "client trains on private data only")
                 self._no_demos.add(demo.client)
+                self.client_demos[demo.client] = []
                 continue
+            self.client_demos[demo.client] = list(demo.demos)
             added = self.service.receive(demo.client, demo.task.to_record(), demo.demos)
             self._round_server_stats.setdefault(demo.client, {}).update(
                 {"client_stats": demo.stats, "demonstrations": added})
@@ -114,6 +121,15 @@ class FdktStrategy:
 
     # ------------------------------------------------------------------ train
 
+    def _train_message(self, nid: int, name: str, server_round: int, new: list) -> Message:
+        self.sent.setdefault(name, []).extend(new)
+        baselines = parse_list(self.cfg.baselines)
+        demos = self.client_demos.get(name, []) if "dp-synthetic" in baselines else None
+        req = TrainRequest(server_round, list(self.sent[name]),
+                           self._zero_shot_for(name, server_round), num_new=len(new),
+                           demos=demos)
+        return Message(req.to_record(), dst_node_id=nid, message_type=TRAIN)
+
     def configure_train(self, server_round: int, node_ids: Iterable[int]) -> list[Message]:
         messages = []
         for nid in node_ids:
@@ -121,42 +137,71 @@ class FdktStrategy:
             pool = self.service.pools.get(name)
             if pool is None or not pool.demonstrations:
                 if name in self._no_demos:  # nothing to augment from, but metrics still count
-                    messages.append(Message(TrainRequest(server_round, []).to_record(),
-                                            dst_node_id=nid, message_type=TRAIN))
+                    messages.append(self._train_message(nid, name, server_round, []))
                 continue  # failed or refused: no train request
             t0 = time.perf_counter()
             try:
                 samples, stats = self.service.serve(name, server_round)
-            except Exception as exc:
+            except Exception as exc:  # one client's LLM trouble must not end the run
                 self.results.record_failure(name, server_round, "augment",
                                             f"{type(exc).__name__}: {exc}")
+                # Survived and counted: the client still trains on what it has.
+                messages.append(self._train_message(nid, name, server_round, []))
                 continue
             self.results.add_time("server_augmentation", time.perf_counter() - t0)
             self._round_server_stats.setdefault(name, {}).update(stats)
             self.results.write_samples(name, server_round, pool.task.label_names, samples)
             log.info("[server] round %d: %d generated samples for %s", server_round,
                      len(samples), name)
-            zero_shot = self._zero_shot_for(name, server_round)
-            messages.append(Message(TrainRequest(server_round, samples, zero_shot).to_record(),
-                                    dst_node_id=nid, message_type=TRAIN))
+            messages.append(self._train_message(nid, name, server_round, samples))
         return messages
 
     def _zero_shot_for(self, name: str, server_round: int) -> list | None:
-        """Zero-shot baseline samples, written once per client (the same budget as FDKT's
-        first round), or None when that baseline is off or already sent."""
-        if "zero-shot" not in parse_list(self.cfg.baselines) or name in self._zero_shot_sent:
+        """Zero-shot baseline samples, written once per client (the same per-label budget as a
+        round of FDKT) and sent every round, or None when that baseline is off."""
+        if "zero-shot" not in parse_list(self.cfg.baselines):
             return None
-        t0 = time.perf_counter()
-        try:
-            samples, stats = self.service.serve(name, server_round, zero_shot=True)
-        except Exception as exc:
-            self.results.record_failure(name, server_round, "zero-shot",
-                                        f"{type(exc).__name__}: {exc}")
-            return None
-        self.results.add_time("server_zero_shot", time.perf_counter() - t0)
-        self._zero_shot_sent.add(name)
-        self._round_server_stats.setdefault(name, {})["zero_shot"] = stats
-        return samples
+        if name not in self.zero_shot:
+            t0 = time.perf_counter()
+            try:
+                samples, stats = self.service.serve(name, server_round, zero_shot=True)
+            except Exception as exc:  # a baseline's trouble must not end the run
+                self.results.record_failure(name, server_round, "zero-shot",
+                                            f"{type(exc).__name__}: {exc}")
+                return None
+            self.results.add_time("server_zero_shot", time.perf_counter() - t0)
+            self._round_server_stats.setdefault(name, {})["zero_shot"] = stats
+            self.zero_shot[name] = samples
+        return self.zero_shot[name]
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue after the last completed round (JSON-safe)."""
+        return {"completed_rounds": self.completed_rounds,
+                "service": self.service.state_dict(),
+                "sent": {k: [list(x) for x in v] for k, v in self.sent.items()},
+                "client_demos": {k: [list(x) for x in v] for k, v in self.client_demos.items()},
+                "zero_shot": {k: [list(x) for x in v] for k, v in self.zero_shot.items()},
+                "no_demos": sorted(self._no_demos)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        def samples(d: dict) -> dict[str, list]:
+            return {k: [(str(t), int(y)) for t, y in v] for k, v in d.items()}
+
+        self.completed_rounds = int(state["completed_rounds"])
+        self.service.load_state_dict(state["service"])
+        self.sent = samples(state["sent"])
+        self.client_demos = samples(state["client_demos"])
+        self.zero_shot = samples(state["zero_shot"])
+        self._no_demos = set(state["no_demos"])
+
+    def identify(self, grid: Any, nodes: list[int], timeout: float) -> None:
+        """Ask every node who it is (no data): a resumed run has new node ids."""
+        msgs = [Message(RecordDict(), dst_node_id=n, message_type=HELLO) for n in nodes]
+        for reply in self._send(grid, msgs, timeout, "hello", self.completed_rounds + 1):
+            if not reply.has_error():
+                self.names[self._node_of(reply)] = HelloReply.from_record(reply.content).client
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> dict[str, dict[str, Any]]:
@@ -211,10 +256,17 @@ class FdktStrategy:
                                f"min-clients={self.cfg.min_clients}")
         return nodes
 
-    def start(self, grid: Any, num_rounds: int, timeout: float = 3600.0) -> RunResults:
+    def start(self, grid: Any, num_rounds: int, timeout: float = 3600.0,
+              checkpoint: Any = None) -> RunResults:
+        """Run rounds ``completed_rounds + 1 .. num_rounds``; after each, ``checkpoint(self)``
+        (if given) saves what a resumed run needs."""
         nodes = self.wait_for_clients(grid, timeout=min(timeout, 600.0))
         log.info("[server] %d clients connected; %d rounds", len(nodes), num_rounds)
-        for server_round in range(1, num_rounds + 1):
+        if self.completed_rounds:
+            self.identify(grid, nodes, timeout)
+            log.info("[server] resuming after round %d: %s", self.completed_rounds,
+                     ", ".join(sorted(self.names.values())))
+        for server_round in range(self.completed_rounds + 1, num_rounds + 1):
             self._round_server_stats = {}
             t0 = time.perf_counter()
             synth = self.configure_synthesize(server_round, nodes)
@@ -233,6 +285,9 @@ class FdktStrategy:
                     f"reported metrics, fewer than min-replies={self.cfg.min_replies} (see "
                     f"'failures' in {self.results.path})")
             self.results.add_time("rounds", time.perf_counter() - t0)
+            self.completed_rounds = server_round
+            if checkpoint is not None:
+                checkpoint(self)
             log.info("[server] round %d done in %.1f s: %s", server_round,
                      time.perf_counter() - t0,
                      ", ".join(f"{c} acc={m.get('accuracy', float('nan')):.3f}"

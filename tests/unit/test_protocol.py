@@ -33,8 +33,8 @@ def test_demonstration_reply_round_trip():
 
 
 def test_train_request_round_trip_with_and_without_zero_shot():
-    for zs in (None, [("zero shot text", 0)]):
-        req = TrainRequest(2, [("a", 0), ("b", 1)], zs)
+    for zs, demos in ((None, None), ([("zero shot text", 0)], [("own demo", 1)])):
+        req = TrainRequest(2, [("a", 0), ("b", 1)], zs, num_new=1, demos=demos)
         assert TrainRequest.from_record(req.to_record()) == req
 
 
@@ -53,7 +53,7 @@ def test_out_of_range_label_and_missing_records_are_rejected():
 
 
 def test_client_state_round_trip_is_json_safe():
-    st = ClientState(ledger={"epsilon": "inf"}, synthetic=[("s", 1)], demos=[("d", 0)],
+    st = ClientState(ledger={"epsilon": "inf"}, demos=[("d", 0)],
                      baselines={"local": {"accuracy": 0.7}})
     assert ClientState.from_state_dict(json.loads(json.dumps(st.state_dict()))) == st
 
