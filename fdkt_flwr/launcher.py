@@ -119,18 +119,27 @@ class SuperLink:
              "--database", str(self.workdir / "state.db")],
             cwd=self.workdir, env=self.env(), stdout=self.log_path.open("w"),
             stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 120
+        try:
+            self._wait_healthy()
+        except BaseException:
+            # __exit__ does not run when __enter__ raises (or is interrupted): stop it here.
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self, timeout: float = 120) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"flower-superlink exited with {self.proc.returncode}; see "
                                    f"{self.log_path}")
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2)
-                return self
+                return
             except OSError:
                 time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"flower-superlink did not become healthy in 120 s; see "
+        raise RuntimeError(f"flower-superlink did not become healthy in {timeout:.0f} s; see "
                            f"{self.log_path}")
 
     def stop(self) -> None:
