@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,23 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, list | tuple):
         return [_jsonable(v) for v in x]
     return x
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXC_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Exit|Interrupt)\b.*)$")
+
+
+def summarize_reason(reason: str) -> str:
+    """One readable line from an error text: Ray and Flower wrap the client's exception in
+    tracebacks whose first line says nothing; keep the last ``SomeError: message`` line."""
+    lines = [ln.strip() for ln in _ANSI.sub("", reason or "").splitlines() if ln.strip()]
+    if not lines:
+        return "unknown"
+    for line in reversed(lines):
+        m = _EXC_LINE.match(line)
+        if m and ":" in m.group(1):
+            return m.group(1).rstrip("'>\"")[:500]  # drop Flower's "<...:<'...'>" wrapper
+    return lines[0][:500]
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -69,8 +87,7 @@ class RunResults:
 
     def record_failure(self, client: str, server_round: int, phase: str, reason: str) -> None:
         self.data["failures"].append({"client": client, "round": server_round, "phase": phase,
-                                      "reason": reason.strip().splitlines()[0][:500]
-                                      if reason.strip() else "unknown"})
+                                      "reason": summarize_reason(reason)})
 
     def record_privacy(self, client: str, report: dict[str, Any]) -> None:
         self.data["privacy"][client] = report

@@ -68,3 +68,16 @@ def test_results_keep_inf_readable_and_write_atomically(tmp_path):
     assert data["clients"]["client-0"]["num_private"] == 64
     assert "∞" in res.summary_table()
     assert (tmp_path / "metrics.csv").read_text().startswith("round,client,accuracy")
+
+
+def test_failure_reasons_keep_the_clients_exception_line():
+    from fdkt_flwr.results import summarize_reason
+
+    ray = ("<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'\x1b[36mray::ClientAppActor"
+           ".run()\x1b[39m (pid=1, ip=192.0.2.2)\n  File \"x.py\", line 3, in f\n    raise "
+           "ConfigError(...)\nfdkt_flwr.config.ConfigError: dataset.private-size=120: client 1's "
+           "partition has only 114 examples'>")
+    assert summarize_reason(ray) == ("ConfigError: dataset.private-size=120: client 1's partition "
+                                     "has only 114 examples")
+    assert summarize_reason("Node Unavailable") == "Node Unavailable"
+    assert summarize_reason("") == "unknown"
