@@ -293,6 +293,12 @@ def collect(sweep_dir: Path | str) -> pd.DataFrame:
         r, cfg = _rows_for_job(name, d, ov)
         rows += r
         configs.append(cfg)
+    # A job recorded before a setting existed ran with its default: fill it in, so that a
+    # schema that grew between jobs does not look like a swept setting.
+    from fdkt_flwr.config import FdktConfig, to_run_config
+
+    defaults = to_run_config(FdktConfig())
+    configs = [{**defaults, **c} if c else c for c in configs]
     settings = _varying_settings(configs)
     config_of = {name: cfg for (name, _, _), cfg in zip(jobs, configs, strict=True)}
     for row in rows:
