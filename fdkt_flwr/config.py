@@ -146,9 +146,10 @@ class FdktConfig:
                             check="positive_int")
     resume: bool = _opt(False, "continue the run in output-dir from its last completed round "
                         "(no client is asked for a second DP release)")
-    min_replies: int = _opt(1, "clients that must report metrics in a round for the run to go "
-                            "on; fewer ends the run as failed (results so far are written)",
-                            check="positive_int")
+    min_replies: int = _opt(0, "clients that must report metrics in a round for the run to go "
+                            "on; fewer ends the run as failed (results so far are written); "
+                            "0 = no minimum, failures are only recorded",
+                            check="nonneg_int")
     round_timeout: float = _opt(3600.0, "seconds the server waits for replies in each phase; "
                                 "a client that has not answered by then is recorded as failed",
                                 check="positive")
