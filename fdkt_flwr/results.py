@@ -54,8 +54,12 @@ def summarize_reason(reason: str) -> str:
     if not lines:
         return "unknown"
     for line in reversed(lines):
+        # Flower's ClientAppException carries the client's own message after this marker.
+        if "occurred. Message: " in line:
+            return line.split("occurred. Message: ", 1)[1].rstrip("'>\"")[:500]
+    for line in reversed(lines):
         m = _EXC_LINE.match(line)
-        if m and ":" in m.group(1):
+        if m and m.group(1).partition(":")[2].strip(" '>\""):
             return m.group(1).rstrip("'>\"")[:500]  # drop Flower's "<...:<'...'>" wrapper
     return lines[0][:500]
 

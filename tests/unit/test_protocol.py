@@ -80,4 +80,10 @@ def test_failure_reasons_keep_the_clients_exception_line():
     assert summarize_reason(ray) == ("ConfigError: dataset.private-size=120: client 1's partition "
                                      "has only 114 examples")
     assert summarize_reason("Node Unavailable") == "Node Unavailable"
+    flower = ("<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'ray::ClientAppActor."
+              "run() (pid=1)\n  File \"a.py\", line 65, in run\nflwr.clientapp.client_app."
+              "ClientAppException: \nException ClientAppException occurred. Message: "
+              "dataset.private-size=120: client 1's partition has only 114 examples'>")
+    assert summarize_reason(flower) == ("dataset.private-size=120: client 1's partition has only "
+                                        "114 examples")
     assert summarize_reason("") == "unknown"
