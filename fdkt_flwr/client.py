@@ -43,15 +43,29 @@ def node_dataset_config(cfg: FdktConfig, node_config: Mapping[str, Any]) -> Data
     return ds
 
 
+def _data_key(cfg: FdktConfig, node_config: Mapping[str, Any]) -> tuple:
+    return (repr(node_dataset_config(cfg, node_config)), cfg.seed,
+            tuple(sorted((k, str(v)) for k, v in node_config.items())))
+
+
+_CLIENT_DATA: dict[tuple, ClientData] = {}
+
+
 def load_client_data(cfg: FdktConfig, node_config: Mapping[str, Any]) -> ClientData:
-    ds = node_dataset_config(cfg, node_config)
-    if "dataset-name" in node_config:  # deployment: the node's own data, no shared corpus
-        return local_client_data(ds, cfg.seed)
-    if "partition-id" not in node_config:
-        raise ConfigError("node-config: needs partition-id/num-partitions (simulation) or "
-                          "dataset-name (deployment)")
-    return client_data(ds, int(node_config["partition-id"]),
-                       int(node_config["num-partitions"]), cfg.seed)
+    """The client's data, partitioned once per process (every message and the leak guard
+    ask for it; the source corpus itself is cached by :func:`fdkt_flwr.data.load_source`)."""
+    key = _data_key(cfg, node_config)
+    if key not in _CLIENT_DATA:
+        ds = node_dataset_config(cfg, node_config)
+        if "dataset-name" in node_config:  # deployment: the node's own data, no shared corpus
+            _CLIENT_DATA[key] = local_client_data(ds, cfg.seed)
+        elif "partition-id" not in node_config:
+            raise ConfigError("node-config: needs partition-id/num-partitions (simulation) or "
+                              "dataset-name (deployment)")
+        else:
+            _CLIENT_DATA[key] = client_data(ds, int(node_config["partition-id"]),
+                                            int(node_config["num-partitions"]), cfg.seed)
+    return _CLIENT_DATA[key]
 
 
 _LEAK_INDEXES: dict[tuple, Any] = {}
@@ -63,9 +77,7 @@ def leak_index_for(cfg: FdktConfig, node_config: Mapping[str, Any]):
         return None
     from fdkt_flwr.leakguard import LeakIndex
 
-    ds = node_dataset_config(cfg, node_config)
-    key = (repr(ds), cfg.seed, cfg.privacy.leak_guard_span,
-           tuple(sorted((k, str(v)) for k, v in node_config.items())))
+    key = (_data_key(cfg, node_config), cfg.privacy.leak_guard_span)
     if key not in _LEAK_INDEXES:
         data = load_client_data(cfg, node_config)
         _LEAK_INDEXES[key] = LeakIndex(data.private.texts, span=cfg.privacy.leak_guard_span)

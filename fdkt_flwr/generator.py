@@ -376,11 +376,7 @@ def train_dp_generator(
         )
     if not texts:
         raise ValueError("no private texts to train on")
-    if (spec.epsilon, spec.delta, spec.accountant) != (
-        ledger.epsilon,
-        ledger.delta,
-        ledger.accountant,
-    ):
+    if not ledger.matches(spec):
         # The ledger's budget governs calibration; a different spec would mis-state it.
         raise PrivacyError(
             f"privacy settings (ε={spec.epsilon:g}, δ={spec.delta:g}, {spec.accountant}) do "

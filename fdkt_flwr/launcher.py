@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import signal
 import socket
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fdkt_flwr.config import ConfigError, from_flat
+from fdkt_flwr.config import ConfigError, from_flat, toml_value
 from fdkt_flwr.results import default_output_dir
 
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -53,16 +52,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float) and math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    if isinstance(v, int | float):
-        return repr(v)
-    return json.dumps(str(v))  # a JSON string literal is a valid TOML basic string
 
 
 def run_config_arg(overrides: dict[str, Any]) -> str:

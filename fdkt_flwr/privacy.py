@@ -383,6 +383,12 @@ class PrivacyLedger:
         """An empty ledger with the budget, δ and accountant of `spec`."""
         return cls(spec.epsilon, spec.delta, spec.accountant)
 
+    def matches(self, spec: PrivacySpec) -> bool:
+        """Whether `spec` has this ledger's budget, δ and accountant (anything else would
+        mis-state the accounting)."""
+        return (self.epsilon, self.delta, self.accountant) == (
+            spec.epsilon, spec.delta, spec.accountant)
+
     # ------------------------------------------------------------------ queries
     @property
     def is_private(self) -> bool:
@@ -537,11 +543,7 @@ class PrivacyLedger:
         if not Path(path).exists():
             return cls.for_spec(spec)
         ledger = cls.load(path)
-        if (ledger.epsilon, ledger.delta, ledger.accountant) != (
-            spec.epsilon,
-            spec.delta,
-            spec.accountant,
-        ):
+        if not ledger.matches(spec):
             raise PrivacyError(
                 f"privacy ledger {os.fspath(path)} has budget ε={ledger.epsilon:g}, "
                 f"δ={ledger.delta:g}, accountant={ledger.accountant} but the config says "
