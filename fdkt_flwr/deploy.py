@@ -65,7 +65,9 @@ from typing import Any
 from fdkt_flwr.certs import CertBundle, make_ca_and_server, make_node_keypair
 from fdkt_flwr.launcher import (
     APP_DIR,
+    BIN,
     RunOutcome,
+    flower_env,
     free_port,
     parse_overrides,
     run_config_arg,
@@ -78,7 +80,6 @@ CONNECTION = "fdkt-deploy"
 #: :func:`marked_processes` can find any descendant that escaped the process tree.
 MARKER_ENV = "FDKT_DEPLOY_ID"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-_BIN = Path(sys.executable).parent
 
 LineFn = Callable[[str], None]
 
@@ -132,7 +133,7 @@ def superlink_command(*, host: str = "0.0.0.0", port: int = 8000,
     allowed only when ``host`` is a loopback address. Runtime dependency installation is
     always disabled (1.42 would otherwise ``uv sync`` a fresh venv per run).
     """
-    cmd = [str(_BIN / "flower-superlink"), "--host", host, "--port", str(port),
+    cmd = [str(BIN / "flower-superlink"), "--host", host, "--port", str(port),
            "--disable-runtime-dependency-installation"]
     if certs is None:
         _require_loopback_for_insecure(host, "flower-superlink")
@@ -161,7 +162,7 @@ def supernode_command(*, superlink: str, node_config: Path | str,
     on 127.0.0.1. Runtime dependency installation is not enabled (the SuperNode default).
     """
     host, _ = split_address(superlink)
-    cmd = [str(_BIN / "flower-supernode"), "--superlink", superlink,
+    cmd = [str(BIN / "flower-supernode"), "--superlink", superlink,
            "--port", str(runtime_port), "--node-config", str(node_config)]
     if ca_cert is None and private_key is None:
         _require_loopback_for_insecure(host, "flower-supernode")
@@ -226,17 +227,8 @@ def write_connection(flwr_home: Path, address: str, ca_cert: Path | None,
 
 
 def base_env(flwr_home: Path, marker: str | None = None) -> dict[str, str]:
-    """Environment of every Flower process we start: own FLWR_HOME, no runtime installs."""
-    env = dict(os.environ)
-    env.update({
-        "FLWR_HOME": str(flwr_home),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        # Flower starts flower-superexec / flwr-* by name: they must resolve to this venv.
-        "PATH": f"{_BIN}{os.pathsep}{env.get('PATH', '')}",
-        "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"),
-        "TOKENIZERS_PARALLELISM": "false",
-        "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-    })
+    """:func:`~fdkt_flwr.launcher.flower_env`, plus the marker that finds our processes."""
+    env = flower_env(flwr_home)
     if marker:
         env[MARKER_ENV] = marker
     return env
@@ -360,7 +352,7 @@ class FlowerCli:
         self.env = env or base_env(self.flwr_home)
 
     def __call__(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([str(_BIN / "flwr"), *args], cwd=self.cwd, env=self.env,
+        return subprocess.run([str(BIN / "flwr"), *args], cwd=self.cwd, env=self.env,
                               capture_output=True, text=True, timeout=timeout)
 
     def _json(self, *args: str, timeout: float = 120) -> dict[str, Any]:
@@ -432,7 +424,7 @@ class FlowerCli:
 
         Returns False when the deadline killed the stream.
         """
-        p = subprocess.Popen([str(_BIN / "flwr"), "log", str(run_id), self.connection,
+        p = subprocess.Popen([str(BIN / "flwr"), "log", str(run_id), self.connection,
                               "--stream"], cwd=self.cwd, env=self.env, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              start_new_session=True)

@@ -33,6 +33,7 @@ from fdkt_flwr.results import default_output_dir
 
 APP_DIR = Path(__file__).resolve().parent.parent
 CONNECTION = "fdkt-local"
+BIN = Path(sys.executable).parent  # flower-superlink, flwr, flower-superexec of this venv
 
 
 @dataclass
@@ -74,6 +75,26 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """Environment of every Flower process we start: own FLWR_HOME, no runtime installs.
+
+    The SuperLink starts ``flower-superexec`` and ``flwr-*`` by name, so this interpreter's
+    ``bin`` goes first on PATH: a venv used without activation (``.venv/bin/python -m pytest``,
+    as CI does) must still resolve them.
+    """
+    env = dict(os.environ)
+    env.update({"FLWR_HOME": str(flwr_home),
+                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+                "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+                "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+                "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"),
+                "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+                # see fdkt_flwr/__init__.py: spinning OpenMP threads starve co-located apps
+                "OMP_WAIT_POLICY": env.get("OMP_WAIT_POLICY", "PASSIVE")})
+    return env
+
+
 class SuperLink:
     """A ``flower-superlink --simulation`` owned by this process (context manager)."""
 
@@ -85,23 +106,14 @@ class SuperLink:
         self.log_path = workdir / "superlink.log"
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update({"FLWR_HOME": str(self.flwr_home),
-                    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-                    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-                    "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"),
-                    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-                    "TOKENIZERS_PARALLELISM": "false",
-                    # see fdkt_flwr/__init__.py: spinning OpenMP threads starve co-located apps
-                    "OMP_WAIT_POLICY": env.get("OMP_WAIT_POLICY", "PASSIVE")})
-        return env
+        return flower_env(self.flwr_home)
 
     def __enter__(self) -> SuperLink:
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         (self.flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
             f'address = "127.0.0.1:{self.port}"\ninsecure = true\n')
-        exe = Path(sys.executable).parent / "flower-superlink"
+        exe = BIN / "flower-superlink"
         self.proc = subprocess.Popen(
             [str(exe), "--insecure", "--simulation", "--host", "127.0.0.1", "--port",
              str(self.port), "--disable-runtime-dependency-installation",
@@ -161,7 +173,7 @@ class SuperLink:
         self.stop()
 
     def flwr(self, *args: str, timeout: float = 120, stream_to=None) -> subprocess.CompletedProcess:
-        exe = Path(sys.executable).parent / "flwr"
+        exe = BIN / "flwr"
         if stream_to is not None:
             p = subprocess.Popen([str(exe), *args], cwd=self.workdir, env=self.env(),
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

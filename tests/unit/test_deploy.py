@@ -198,3 +198,19 @@ def test_run_reports_the_status_from_flwr_list_and_logs_next_to_results(tmp_path
     assert not outcome.ok
     assert outcome.results_path == out / "results.json"
     assert "round 1 done" in (out / "flwr_run.log").read_text()
+
+
+def test_flower_processes_find_this_venvs_commands_without_an_activated_venv(tmp_path,
+                                                                             monkeypatch):
+    # CI runs `.venv/bin/python -m pytest` with no activated venv; the SuperLink then starts
+    # `flower-superexec` by name, which must resolve to this interpreter's bin directory.
+    import shutil
+
+    from fdkt_flwr.launcher import BIN, flower_env
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    for env in (flower_env(tmp_path), deploy.base_env(tmp_path, marker="m")):
+        found = shutil.which("flower-superexec", path=env["PATH"])
+        assert found is not None and Path(found).parent == BIN
+        assert env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
+    assert deploy.base_env(tmp_path, marker="m")[deploy.MARKER_ENV] == "m"
