@@ -169,10 +169,21 @@ class FdktClient:
             train_dp_generator,
         )
         from fdkt_flwr.models import load_causal_lm
-        from fdkt_flwr.privacy import BudgetExceededError
+        from fdkt_flwr.privacy import BudgetExceededError, PrivacyError
 
         g = self.cfg.generator
-        spec, ledger = self.privacy_spec(), self.ledger()
+        spec = self.privacy_spec()
+        try:
+            ledger = self.ledger()
+        except PrivacyError as exc:
+            # A node-local ledger kept under other settings (budget, δ, accountant): releasing
+            # under the new ones would reset or mis-state what was spent, so refuse cleanly.
+            self.progress(f"round {server_round}: refused: {exc}")
+            return DemonstrationReply(
+                client=self.client_id, task=self.task, demos=[], refused=str(exc),
+                privacy={"target_epsilon": spec.epsilon, "delta": spec.delta,
+                         "private": spec.epsilon != float("inf")},
+                stats={"num_private": len(self.data.private)})
         codes = self.task.control_codes()
         timing: dict[str, float] = {}
         t0 = time.perf_counter()
