@@ -69,18 +69,23 @@ def peak_rss_mb() -> float:
 
 # --------------------------------------------------------------------------- (a) generation
 
-def bench_generation(args: argparse.Namespace) -> dict[str, Any]:
-    """Same prompts, same number of new tokens (EOS suppressed), batched vs one at a time."""
+def augment_prompts(n: int) -> list[Any]:
+    """``n`` few-shot augmentation prompts as the server builds them (labels alternate)."""
     from fdkt_flwr.augmentation import TaskInfo, build_augment_prompt, load_prompts
-    from fdkt_flwr.llm import SamplingParams, TransformersLLM
 
-    llm = TransformersLLM.from_name(args.llm, batch_size=args.batch)
     task = TaskInfo("fine-food", "fine food product reviews", ["other", "great"])
     templates = load_prompts("fine-food")
     demos = [("These oats are hearty and taste great with honey.", 1),
              ("The coffee arrived stale and bitter; I will not reorder.", 0)]
-    convs = [build_augment_prompt(task, i % 2, demos, 3, templates, 300)
-             for i in range(args.prompts)]
+    return [build_augment_prompt(task, i % 2, demos, 3, templates, 300) for i in range(n)]
+
+
+def bench_generation(args: argparse.Namespace) -> dict[str, Any]:
+    """Same prompts, same number of new tokens (EOS suppressed), batched vs one at a time."""
+    from fdkt_flwr.llm import SamplingParams, TransformersLLM
+
+    llm = TransformersLLM.from_name(args.llm, batch_size=args.batch)
+    convs = augment_prompts(args.prompts)
     n_new = args.new_tokens
     # Force every sequence to exactly n_new tokens so both modes do identical work.
     llm.model.generation_config.min_new_tokens = n_new

@@ -1,6 +1,6 @@
 """GPU benchmark: server generation against the memory-bandwidth bound, and the DP step, in bf16.
 
-Sized to finish in under 10 minutes on one GPU (the SmolLM2 defaults take 2-3 minutes)::
+Sized to finish in under 10 minutes on one GPU (no new batch size starts after ``--budget-s``)::
 
     python benchmarks/gpu.py                          # transformers backend, bf16, batch sweep
     python benchmarks/gpu.py --llm /path/or/hub-name  # any causal LM the loader resolves
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import RESULTS, save, table
+from bench import RESULTS, augment_prompts, save, table
 
 
 def decode_bound_tokens_per_s(batch: int, bandwidth_bytes_per_s: float,
@@ -62,16 +62,6 @@ def weight_bytes(model: Any) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def _prompts(n: int) -> list[Any]:
-    from fdkt_flwr.augmentation import TaskInfo, build_augment_prompt, load_prompts
-
-    task = TaskInfo("fine-food", "fine food product reviews", ["other", "great"])
-    templates = load_prompts("fine-food")
-    demos = [("These oats are hearty and taste great with honey.", 1),
-             ("The coffee arrived stale and bitter; I will not reorder.", 0)]
-    return [build_augment_prompt(task, i % 2, demos, 3, templates, 300) for i in range(n)]
-
-
 def bench_transformers(args: argparse.Namespace, bandwidth: float) -> dict[str, Any]:
     import torch
 
@@ -87,7 +77,7 @@ def bench_transformers(args: argparse.Namespace, bandwidth: float) -> dict[str, 
     llm.model.generation_config.min_new_tokens = args.new_tokens
     params = SamplingParams(max_new_tokens=args.new_tokens, temperature=0.8, top_p=0.9, seed=0)
     llm.batch_size = 2
-    llm.generate(_prompts(2), params)  # warm-up: kernels, allocator
+    llm.generate(augment_prompts(2), params)  # warm-up: kernels, allocator
     rows = []
     deadline = time.monotonic() + args.budget_s
     for bs in args.batches:
@@ -95,7 +85,7 @@ def bench_transformers(args: argparse.Namespace, bandwidth: float) -> dict[str, 
             rows.append({"backend": "transformers", "batch": bs, "skipped": "time budget"})
             continue
         llm.batch_size = bs
-        convs = _prompts(bs * args.batches_per_size)
+        convs = augment_prompts(bs * args.batches_per_size)
         if args.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
@@ -124,9 +114,9 @@ def bench_vllm(args: argparse.Namespace, bandwidth: float, wbytes: int) -> dict[
         return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
     n = max(args.batches) * args.batches_per_size
     params = SamplingParams(max_new_tokens=args.new_tokens, temperature=0.8, top_p=0.9, seed=0)
-    engine.generate(_prompts(4), params)
+    engine.generate(augment_prompts(4), params)
     t0 = time.perf_counter()
-    gens = engine.generate(_prompts(n), params)
+    gens = engine.generate(augment_prompts(n), params)
     sec = time.perf_counter() - t0
     tps = sum(g.num_tokens for g in gens) / sec
     # vLLM schedules all n prompts at once (continuous batching): bound at batch n.

@@ -12,12 +12,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fdkt_flwr.config import ConfigError, DatasetConfig, FdktConfig
 from fdkt_flwr.data import ClientData, client_data, local_client_data
 from fdkt_flwr.protocol import DemonstrationReply, Sample, TrainReply
 from fdkt_flwr.tasks import TaskSpec, load_task
+
+if TYPE_CHECKING:  # privacy imports Opacus lazily; keep this module light to import
+    from fdkt_flwr.privacy import PrivacySpec
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +163,18 @@ class FdktClient:
 
     # ------------------------------------------------------------------ synthesize
 
+    def _refusal(self, server_round: int, exc: Exception, spec: PrivacySpec,
+                 spent: float | None = None) -> DemonstrationReply:
+        """An empty release that says why; ``spent`` is the ledger's ε when it could be read."""
+        self.progress(f"round {server_round}: refused: {exc}")
+        privacy = {"target_epsilon": spec.epsilon, "delta": spec.delta,
+                   "private": spec.epsilon != float("inf")}
+        if spent is not None:
+            privacy["epsilon"] = spent
+        return DemonstrationReply(client=self.client_id, task=self.task, demos=[],
+                                  refused=str(exc), privacy=privacy,
+                                  stats={"num_private": len(self.data.private)})
+
     def synthesize(self, server_round: int) -> DemonstrationReply:
         """DP fine-tune the generator on private data and release DP demonstrations."""
         from fdkt_flwr.generator import (
@@ -178,12 +193,7 @@ class FdktClient:
         except PrivacyError as exc:
             # A node-local ledger kept under other settings (budget, δ, accountant): releasing
             # under the new ones would reset or mis-state what was spent, so refuse cleanly.
-            self.progress(f"round {server_round}: refused: {exc}")
-            return DemonstrationReply(
-                client=self.client_id, task=self.task, demos=[], refused=str(exc),
-                privacy={"target_epsilon": spec.epsilon, "delta": spec.delta,
-                         "private": spec.epsilon != float("inf")},
-                stats={"num_private": len(self.data.private)})
+            return self._refusal(server_round, exc, spec)
         codes = self.task.control_codes()
         timing: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -202,12 +212,7 @@ class FdktClient:
                 model, tok, private.texts, [codes[y] for y in private.labels], spec, ledger,
                 gcfg, progress=self.progress, label=f"round-{server_round}")
         except BudgetExceededError as exc:
-            self.progress(f"round {server_round}: refused: {exc}")
-            return DemonstrationReply(
-                client=self.client_id, task=self.task, demos=[], refused=str(exc),
-                privacy={"epsilon": ledger.spent(), "target_epsilon": spec.epsilon,
-                         "delta": spec.delta, "private": spec.epsilon != float("inf")},
-                stats={"num_private": len(private)})
+            return self._refusal(server_round, exc, spec, spent=ledger.spent())
         timing["dp_training_s"] = time.perf_counter() - t0
         self._save_ledger(ledger)
         self.progress(f"round {server_round}: spent ε={report.epsilon:.3f}; sampling "

@@ -167,11 +167,12 @@ def _assemble_parts(name: str, emb: EmbeddedModel) -> Path:
     return out
 
 
-def _convert_gguf(gguf_path: Path) -> Path:
-    """Dequantise a GGUF causal LM once into a cached HF folder keyed by the file's hash."""
+def _convert_gguf(gguf_path: Path, sha256: str | None = None) -> Path:
+    """Dequantise a GGUF causal LM once into a cached HF folder keyed by the file's hash
+    (``sha256`` when the caller has just verified it, so a large file is not hashed twice)."""
     from filelock import FileLock
 
-    digest = _sha256(gguf_path)[:16]
+    digest = (sha256 or _sha256(gguf_path))[:16]
     out = cache_root() / "converted" / f"{gguf_path.stem}-{digest}"
     if (out / "config.json").exists():
         return out
@@ -212,7 +213,7 @@ def resolve_model(name: str) -> str:
     if key in EMBEDDED:
         emb = EMBEDDED[key]
         if emb.parts:
-            return str(_convert_gguf(_assemble_parts(key, emb)))
+            return str(_convert_gguf(_assemble_parts(key, emb), sha256=emb.sha256))
         pkg = _package_dir(emb.package)
         if pkg is None:
             raise ModelNotFoundError(
