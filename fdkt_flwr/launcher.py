@@ -186,6 +186,11 @@ class SuperLink:
                 for line in p.stdout:
                     out.append(line)
                     stream_to(line)
+            except BaseException:
+                # Interrupted (SIGTERM, Ctrl-C): `flwr log --stream` would follow the run to its
+                # end, and the wait below would hang the shutdown with it.
+                p.kill()
+                raise
             finally:
                 timer.cancel()
                 p.wait()
