@@ -220,7 +220,7 @@ class FdktClient:
         t0 = time.perf_counter()
         samples = sample_demonstrations(
             model, tok, codes, g.demos_per_label, max_new_tokens=g.max_new_tokens,
-            temperature=g.temperature, top_p=g.top_p, batch_size=g.max_physical_batch_size,
+            temperature=g.temperature, top_p=g.top_p, batch_size=g.sample_batch_size,
             seed=gcfg.seed)
         demos, drops = clean_demonstrations(samples, codes, min_chars=20, max_chars=2000,
                                             near_dup_threshold=0.8)

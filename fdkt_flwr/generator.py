@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from fdkt_flwr.config import GeneratorConfig as _RunGeneratorConfig
 from fdkt_flwr.privacy import (
     DP_MODE,
     NON_PRIVATE_MODE,
@@ -49,6 +50,8 @@ GRAD_SAMPLE_MODES: tuple[str, ...] = ("hooks", "ghost")
 IGNORE_INDEX = -100
 
 ProgressFn = Callable[[str], None]
+# Defaults of the settings that the run config exposes come from fdkt_flwr.config (one place).
+_RUN = _RunGeneratorConfig()
 
 
 @dataclass
@@ -62,7 +65,8 @@ class GeneratorTrainConfig:
         epochs: expected passes over the data; the run takes ``ceil(epochs / q)`` steps.
         batch_size: expected (Poisson) logical batch size; sample rate q = batch_size / N.
         max_physical_batch_size: largest batch put through the model at once; larger
-            logical batches are split by Opacus' BatchMemoryManager.
+            logical batches are split into physical chunks. Memory grows with it, the work
+            per logical step does not (``benchmarks/bench.py dp-batch``).
         learning_rate: AdamW learning rate.
         weight_decay: AdamW weight decay.
         max_length: maximum tokens per example (control code + text + eos).
@@ -71,14 +75,14 @@ class GeneratorTrainConfig:
             less memory; Llama-family models, and GPT-2 with LoRA).
     """
 
-    lora_rank: int = 8
+    lora_rank: int = _RUN.lora_rank
     lora_alpha: float | None = None
-    epochs: int = 3
-    batch_size: int = 32
-    max_physical_batch_size: int = 8
-    learning_rate: float = 1e-3
+    epochs: int = _RUN.epochs
+    batch_size: int = _RUN.batch_size
+    max_physical_batch_size: int = _RUN.max_physical_batch_size
+    learning_rate: float = _RUN.learning_rate
     weight_decay: float = 0.0
-    max_length: int = 128
+    max_length: int = _RUN.max_length
     seed: int = 0
     grad_sample_mode: str = "hooks"
 
