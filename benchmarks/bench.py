@@ -215,20 +215,40 @@ class TreeMemory:
 
     def __init__(self, interval: float = 0.5) -> None:
         self.interval = interval
-        self.peak_mb = 0.0
+        self.peak_mb = 0.0  # summed RSS: shared pages (torch's libraries) count once per process
+        self.peak_pss_mb = 0.0  # summed PSS: shared pages split among their users (Linux)
+        self.at_peak: dict[str, float] = {}  # MB per kind of process when the peak was seen
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def kind(p: Any) -> str:
+        """A short name: the Ray actor or the Flower/Python entry point a process runs."""
+        name = p.name()
+        if name.startswith("python"):
+            args = p.cmdline()
+            script = next((a for a in args[1:] if not a.startswith("-")), name)
+            name = Path(script).name
+        return name
 
     def _run(self) -> None:
         import psutil
 
         me = psutil.Process()
         while not self._stop.is_set():
-            total = 0
+            total, pss, kinds = 0, 0, {}
             for p in [me, *me.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error, AttributeError):
+                    pss += p.memory_full_info().pss
                 with contextlib.suppress(psutil.Error):
-                    total += p.memory_info().rss
-            self.peak_mb = max(self.peak_mb, total / 2**20)
+                    rss = p.memory_info().rss
+                    total += rss
+                    k = self.kind(p)
+                    kinds[k] = kinds.get(k, 0.0) + rss / 2**20
+            self.peak_pss_mb = max(self.peak_pss_mb, pss / 2**20)
+            if total / 2**20 > self.peak_mb:
+                self.peak_mb = total / 2**20
+                self.at_peak = dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> TreeMemory:
@@ -250,7 +270,9 @@ def _job(overrides: dict[str, Any], clients: int, out: Path) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     res = json.loads(outcome.results_path.read_text()) if outcome.results_path.exists() else {}
     return {"clients": clients, "status": outcome.status, "wall_s": wall,
-            "peak_tree_rss_mb": mem.peak_mb, "timing": res.get("timing", {}),
+            "peak_tree_rss_mb": mem.peak_mb, "peak_tree_pss_mb": mem.peak_pss_mb,
+            "rss_mb_at_peak": mem.at_peak,
+            "timing": res.get("timing", {}),
             "results": str(outcome.results_path)}
 
 
@@ -258,9 +280,11 @@ def bench_default_job(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.workdir) / "default-job"
     row = _job({}, args.clients, out)
     phases = [{"phase": k, "seconds": v} for k, v in row["timing"].items()]
-    print(table([row], ["clients", "status", "wall_s", "peak_tree_rss_mb"]))
+    print(table([row], ["clients", "status", "wall_s", "peak_tree_rss_mb", "peak_tree_pss_mb"]))
     print(table(phases, ["phase", "seconds"]))
     print("client phases are summed over clients; two clients run at once on 2 cores")
+    print(table([{"process": k, "rss_mb": v} for k, v in row["rss_mb_at_peak"].items()],
+                ["process", "rss_mb"]))
     return {"job": row}
 
 
@@ -279,7 +303,7 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
         row["wall_s_per_client"] = row["wall_s"] / n
         rows.append(row)
     print(table(rows, ["clients", "status", "wall_s", "wall_s_per_client",
-                       "peak_tree_rss_mb"]))
+                       "peak_tree_rss_mb", "peak_tree_pss_mb"]))
     return {"rows": rows, "settings": SMALL}
 
 
