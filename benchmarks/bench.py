@@ -3,6 +3,7 @@ by side in one invocation, on the same inputs.
 
     python benchmarks/bench.py generation      # (a) server LLM: batched vs one prompt at a time
     python benchmarks/bench.py dp-step         # (b) DP vs non-DP step: full FT, LoRA, ghost
+    python benchmarks/bench.py dp-batch        # default DP step at physical batch 4/8/16
     python benchmarks/bench.py default-job     # (c) the default job: wall time, peak memory, phases
     python benchmarks/bench.py scale           # (d) 2/4/8/16 clients at small settings
     python benchmarks/bench.py leak-guard      # cost of the leak guard on a reply
