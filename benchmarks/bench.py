@@ -144,6 +144,16 @@ def _dp_step_child(spec_json: str) -> None:
                       "peak_rss_mb": peak_rss_mb(), "rss_after_load_mb": after_load}))
 
 
+def _run_dp_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """One configuration in a fresh process (its peak RSS is its own); its JSON, or the error."""
+    p = subprocess.run([sys.executable, __file__, "_dp_child", json.dumps(spec)],
+                       capture_output=True, text=True, timeout=3600, cwd=ROOT)
+    try:
+        return json.loads(p.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {"error": ((p.stderr.strip().splitlines() or ["no output"])[-1])[:200]}
+
+
 def bench_dp_step(args: argparse.Namespace) -> dict[str, Any]:
     configs = []
     for lora in (0, 8):
@@ -159,14 +169,7 @@ def bench_dp_step(args: argparse.Namespace) -> dict[str, Any]:
         name = (f"{'LoRA r=8' if c['lora_rank'] else 'full FT'} "
                 f"{'DP ' + c['mode'] if c['dp'] else 'non-DP'}")
         print(f"running {name} ...", flush=True)
-        p = subprocess.run([sys.executable, __file__, "_dp_child", json.dumps(c)],
-                           capture_output=True, text=True, timeout=3600, cwd=ROOT)
-        try:
-            res = json.loads(p.stdout.strip().splitlines()[-1])
-        except (IndexError, json.JSONDecodeError):
-            err = (p.stderr.strip().splitlines() or ["no output"])[-1]
-            res = {"error": err[:200]}
-        rows.append({"config": name, **c, **res})
+        rows.append({"config": name, **c, **_run_dp_child(c)})
     by = {r["config"]: r for r in rows}
     ratios = {}
     for base in ("full FT", "LoRA r=8"):
@@ -188,8 +191,9 @@ def bench_dp_step(args: argparse.Namespace) -> dict[str, Any]:
 def bench_dp_batch(args: argparse.Namespace) -> dict[str, Any]:
     """The default DP configuration at several physical batch sizes (memory vs step time).
 
-    Opacus' BatchMemoryManager splits each Poisson batch into physical batches; per-example
-    gradients and activations scale with the physical batch, the work per logical step does not.
+    The generator splits each Poisson batch into physical chunks and clips per example in each;
+    activations and per-example gradients scale with the chunk, the work per logical step does
+    not.
     """
     rows = []
     for physical in [int(x) for x in args.physical.split(",")]:
@@ -197,13 +201,7 @@ def bench_dp_batch(args: argparse.Namespace) -> dict[str, Any]:
              "batch": 32, "steps": args.steps, "max_length": args.max_length,
              "physical": physical}
         print(f"running physical batch {physical} ...", flush=True)
-        p = subprocess.run([sys.executable, __file__, "_dp_child", json.dumps(c)],
-                           capture_output=True, text=True, timeout=3600, cwd=ROOT)
-        try:
-            res = json.loads(p.stdout.strip().splitlines()[-1])
-        except (IndexError, json.JSONDecodeError):
-            res = {"error": ((p.stderr.strip().splitlines() or ["no output"])[-1])[:200]}
-        rows.append({"physical_batch": physical, "logical_batch": 32, **res})
+        rows.append({"physical_batch": physical, "logical_batch": 32, **_run_dp_child(c)})
     print(table(rows, ["physical_batch", "logical_batch", "step_s", "peak_rss_mb",
                        "rss_after_load_mb", "error"]))
     return {"rows": rows}
