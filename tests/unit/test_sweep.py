@@ -22,18 +22,18 @@ from fdkt_flwr.results import write_json
 
 def test_hydra_overrides_become_run_config_keys_with_an_absolute_output_dir(tmp_path: Path):
     app, launch = compose(["privacy.epsilon=3", "dataset.private_size=64",
-                           "generator.max_physical_batch_size=4", "launch.clients=2"])
+                           "generator.max_physical_batch_size=8", "launch.clients=2"])
     flat = sweep.run_overrides(app, tmp_path)
     assert flat["privacy.epsilon"] == 3.0
     assert flat["dataset.private-size"] == 64
-    assert flat["generator.max-physical-batch-size"] == 4
+    assert flat["generator.max-physical-batch-size"] == 8
     assert flat["output-dir"] == str(tmp_path)
     assert all("_" not in k for k in flat)  # run-config spelling only
     assert set(flat) == set(to_run_config(FdktConfig()))  # every key, nothing else
     assert launch["clients"] == 2 and "launch.clients" not in flat
     assert sweep.changed_settings(flat) == {"privacy.epsilon": 3.0,
                                             "dataset.private-size": 64,
-                                            "generator.max-physical-batch-size": 4}
+                                            "generator.max-physical-batch-size": 8}
     with pytest.raises(ConfigError, match="must be an absolute path"):
         sweep.run_overrides(app, Path("relative"))
 
