@@ -235,18 +235,22 @@ class TreeMemory:
 
         me = psutil.Process()
         while not self._stop.is_set():
-            total, pss, kinds = 0, 0, {}
+            rss: list[tuple[Any, int]] = []
+            pss = 0
             for p in [me, *me.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error, AttributeError):
-                    pss += p.memory_full_info().pss
                 with contextlib.suppress(psutil.Error):
-                    rss = p.memory_info().rss
-                    total += rss
-                    k = self.kind(p)
-                    kinds[k] = kinds.get(k, 0.0) + rss / 2**20
+                    info = p.memory_full_info()  # rss and, on Linux, pss in one read
+                    rss.append((p, info.rss))
+                    pss += getattr(info, "pss", 0)
             self.peak_pss_mb = max(self.peak_pss_mb, pss / 2**20)
-            if total / 2**20 > self.peak_mb:
-                self.peak_mb = total / 2**20
+            total = sum(r for _, r in rss) / 2**20
+            if total > self.peak_mb:
+                self.peak_mb = total
+                kinds: dict[str, float] = {}
+                for p, r in rss:  # names only at a new peak: cmdline reads are not free
+                    with contextlib.suppress(psutil.Error):
+                        k = self.kind(p)
+                        kinds[k] = kinds.get(k, 0.0) + r / 2**20
                 self.at_peak = dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
             self._stop.wait(self.interval)
 
