@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from fdkt_flwr.config import ConfigError, DatasetConfig, FdktConfig
 from fdkt_flwr.data import ClientData, client_data, local_client_data
+from fdkt_flwr.memory import release_memory
 from fdkt_flwr.protocol import DemonstrationReply, Sample, TrainReply
 from fdkt_flwr.tasks import TaskSpec, load_task
 
@@ -225,6 +226,8 @@ class FdktClient:
         demos, drops = clean_demonstrations(samples, codes, min_chars=20, max_chars=2000,
                                             near_dup_threshold=0.8)
         timing["sampling_s"] = time.perf_counter() - t0
+        del model  # the trained generator is not needed again; give its memory back
+        release_memory()
         self.state.demos = list(demos)
         stats = {"num_private": len(private), "demos_sampled": len(samples),
                  # label counts of the private data are not released: they would leak the
@@ -255,6 +258,7 @@ class FdktClient:
             ([t for t, _ in synthetic], [y for _, y in synthetic]),
             (self.data.test.texts, self.data.test.labels),
             self.task.label_names, self._slm_config(), progress=self.progress)
+        release_memory()  # the trained SLM is gone; the actor waits for the next round
         test = result["test"]
         return {"accuracy": test["accuracy"], "macro_f1": test["macro_f1"],
                 "per_class_f1": test.get("per_class_f1", {}),

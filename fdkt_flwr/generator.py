@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from fdkt_flwr.config import GeneratorConfig as _RunGeneratorConfig
+from fdkt_flwr.memory import trim_heap
 from fdkt_flwr.privacy import (
     DP_MODE,
     NON_PRIVATE_MODE,
@@ -73,6 +74,8 @@ class GeneratorTrainConfig:
         seed: seeds Poisson sampling, the DP noise, dropout and LoRA initialisation.
         grad_sample_mode: ``"hooks"`` (default; any model) or ``"ghost"`` (ghost clipping,
             less memory; Llama-family models, and GPT-2 with LoRA).
+        trim_heap: on the CPU, hand freed heap memory back to the OS after every logical
+            step (:mod:`fdkt_flwr.memory`; ``benchmarks/bench.py dp-batch`` compares).
     """
 
     lora_rank: int = _RUN.lora_rank
@@ -85,6 +88,7 @@ class GeneratorTrainConfig:
     max_length: int = _RUN.max_length
     seed: int = 0
     grad_sample_mode: str = "hooks"
+    trim_heap: bool = True
 
     def __post_init__(self) -> None:
         def bad(key: str, value: Any, rule: str) -> ValueError:
@@ -544,6 +548,9 @@ def _train_private(
     logical = 0
     empty = 0
     every = max(1, steps // 10)
+    # Activations of a small model come from glibc's heap in sub-megabyte pieces; without a
+    # trim, what every logical step freed stays resident (fdkt_flwr.memory).
+    trim = cfg.trim_heap and device.type == "cpu"
     last_loss = math.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -578,8 +585,11 @@ def _train_private(
                     last_loss = loss.item()
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
+                    del logits, loss
                 if not optimizer._is_last_step_skipped:
                     logical += 1
+                    if trim:
+                        trim_heap()
                     if logical % every == 0 or logical == steps:
                         _report_progress(
                             progress,
@@ -626,6 +636,7 @@ def _train_non_private(
     bsz = min(cfg.batch_size, n)
     order: list[int] = []
     every = max(1, steps // 10)
+    trim = cfg.trim_heap and device.type == "cpu"  # as in _train_private
     for step in range(1, steps + 1):
         if len(order) < bsz:
             order += torch.randperm(n, generator=gen).tolist()
@@ -641,6 +652,9 @@ def _train_non_private(
             loss = per_example_lm_loss(logits, labels).sum() / bsz
             loss.backward()
             total += loss.item()
+            del logits, loss
+        if trim:
+            trim_heap()
         optimizer.step()
         if step % every == 0 or step == steps:
             _report_progress(

@@ -382,6 +382,28 @@ def test_dp_training_is_deterministic_under_seed(llama_tok) -> None:
     assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
 
 
+@pytest.mark.parametrize("epsilon", [50.0, math.inf], ids=["dp", "non-private"])
+def test_heap_trim_runs_per_physical_batch_and_changes_no_result(
+    monkeypatch, llama_tok, epsilon: float
+) -> None:
+    spec = (PrivacySpec(epsilon, 1e-3, 1.0, noise_multiplier=1.0, accountant="rdp")
+            if math.isfinite(epsilon) else PrivacySpec(epsilon, 1e-3, 1.0))
+    texts, codes = _data()
+    calls = []
+    monkeypatch.setattr(gen, "trim_heap", lambda: calls.append(1) or True)
+    runs = []
+    for trim in (True, False):
+        calls.clear()
+        trained, _ = train_dp_generator(
+            tiny_llama(len(llama_tok)), llama_tok, texts, codes, spec,
+            PrivacyLedger.for_spec(spec), _cfg(trim_heap=trim, max_physical_batch_size=2))
+        runs.append((_weights(trained), len(calls)))
+    (with_trim, n_trim), (without, n_none) = runs
+    assert n_none == 0
+    assert n_trim == 2  # one per logical step: 8 examples, batch 4, one epoch
+    assert all(torch.equal(with_trim[k], without[k]) for k in with_trim)
+
+
 def test_non_private_mode_adds_no_noise(monkeypatch, llama_tok) -> None:
     import opacus
 
