@@ -4,6 +4,7 @@ by side in one invocation, on the same inputs.
     python benchmarks/bench.py generation      # (a) server LLM: batched vs one prompt at a time
     python benchmarks/bench.py dp-step         # (b) DP vs non-DP step: full FT, LoRA, ghost
     python benchmarks/bench.py dp-batch        # default DP step at physical batch 4/8/16
+    python benchmarks/bench.py augment         # a server round: clients one at a time vs together
     python benchmarks/bench.py default-job     # (c) the default job: wall time, peak memory, phases
     python benchmarks/bench.py scale           # (d) 2/4/8/16 clients at small settings
     python benchmarks/bench.py leak-guard      # cost of the leak guard on a reply
@@ -115,6 +116,7 @@ def bench_generation(args: argparse.Namespace) -> dict[str, Any]:
 
 def _dp_step_child(spec_json: str) -> None:
     """Run in a subprocess: time the steps of one training configuration; print JSON."""
+    import psutil
     import torch  # noqa: F401 - import cost outside the timing
 
     from fdkt_flwr.data import load_source
@@ -132,7 +134,8 @@ def _dp_step_child(spec_json: str) -> None:
     stamps: list[float] = []
     cfg = GeneratorTrainConfig(lora_rank=s["lora_rank"], epochs=1, batch_size=s["batch"],
                                max_physical_batch_size=s.get("physical") or s["batch"] * 2,
-                               max_length=s["max_length"], grad_sample_mode=s["mode"], seed=0)
+                               max_length=s["max_length"], grad_sample_mode=s["mode"], seed=0,
+                               trim_heap=s.get("trim", True))
     t0 = time.perf_counter()
     train_dp_generator(model, tok, texts, codes, spec, PrivacyLedger.for_spec(spec), cfg,
                        progress=lambda msg: stamps.append(time.perf_counter())
@@ -141,7 +144,9 @@ def _dp_step_child(spec_json: str) -> None:
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
     print(json.dumps({"step_s": statistics.median(gaps) if gaps else None,
                       "steps_timed": len(gaps), "total_s": total,
-                      "peak_rss_mb": peak_rss_mb(), "rss_after_load_mb": after_load}))
+                      "peak_rss_mb": peak_rss_mb(), "rss_after_load_mb": after_load,
+                      # what the process keeps holding once training is over
+                      "rss_after_train_mb": psutil.Process().memory_info().rss / 2**20}))
 
 
 def _run_dp_child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -193,18 +198,32 @@ def bench_dp_batch(args: argparse.Namespace) -> dict[str, Any]:
 
     The generator splits each Poisson batch into physical chunks and clips per example in each;
     activations and per-example gradients scale with the chunk, the work per logical step does
-    not.
+    not. Every size runs with the heap trimmed after each physical batch (the default); the
+    first size also runs without, side by side, to show what trimming buys.
     """
+    sizes = [int(x) for x in args.physical.split(",")]
+    runs = [(p, True) for p in sizes] + [(sizes[0], False)]
     rows = []
-    for physical in [int(x) for x in args.physical.split(",")]:
+    for physical, trim in runs:
         c = {"model": args.generator, "lora_rank": 8, "mode": "hooks", "epsilon": 8.0,
              "batch": 32, "steps": args.steps, "max_length": args.max_length,
-             "physical": physical}
-        print(f"running physical batch {physical} ...", flush=True)
-        rows.append({"physical_batch": physical, "logical_batch": 32, **_run_dp_child(c)})
-    print(table(rows, ["physical_batch", "logical_batch", "step_s", "peak_rss_mb",
-                       "rss_after_load_mb", "error"]))
-    return {"rows": rows}
+             "physical": physical, "trim": trim}
+        print(f"running physical batch {physical}, heap trim {'on' if trim else 'off'} ...",
+              flush=True)
+        rows.append({"physical_batch": physical, "logical_batch": 32, "trim_heap": trim,
+                     **_run_dp_child(c)})
+    print(table(rows, ["physical_batch", "logical_batch", "trim_heap", "step_s", "peak_rss_mb",
+                       "rss_after_train_mb", "error"]))
+    on, off = rows[0], rows[-1]
+    ratios = {}
+    if on.get("step_s") and off.get("step_s"):
+        ratios = {"trim / no trim step time": on["step_s"] / off["step_s"],
+                  "trim / no trim peak RSS": on["peak_rss_mb"] / off["peak_rss_mb"],
+                  "trim / no trim RSS after training":
+                      on["rss_after_train_mb"] / off["rss_after_train_mb"]}
+        for k, v in ratios.items():
+            print(f"physical batch {sizes[0]}, {k}: {v:.2f}x")
+    return {"rows": rows, "ratios": ratios}
 
 
 # --------------------------------------------------------------------------- (c)/(d) jobs
@@ -310,6 +329,81 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
     return {"rows": rows, "settings": SMALL}
 
 
+# --------------------------------------------------------------------------- server augmentation
+
+class _CountingLLM:
+    """Passes calls through to an LLM and records the prompts of every generate call."""
+
+    def __init__(self, llm: Any) -> None:
+        self.llm, self.calls = llm, []
+
+    @property
+    def stats(self) -> Any:
+        return self.llm.stats
+
+    def generate(self, convs: list[Any], params: Any) -> list[Any]:
+        self.calls.append(len(convs))
+        return self.llm.generate(convs, params)
+
+
+def bench_augment(args: argparse.Namespace) -> dict[str, Any]:
+    """One server round for ``--clients`` clients: served one at a time vs together.
+
+    Same LLM, settings (the run config's defaults), demonstrations and seeds; only how the
+    clients' requests reach the LLM differs (``AugmentationService.serve`` per client vs
+    ``serve_all``). Each client's 16 demonstrations per label are real reviews from its own
+    slice of the corpus, standing in for DP demonstrations (throughput does not depend on
+    where they came from).
+    """
+    from fdkt_flwr.augmentation import AugmentationService
+    from fdkt_flwr.config import FdktConfig
+    from fdkt_flwr.data import load_source
+    from fdkt_flwr.llm import SamplingParams, make_llm
+    from fdkt_flwr.models import load_sentence_encoder
+    from fdkt_flwr.strategy import augment_config
+    from fdkt_flwr.tasks import load_task
+
+    cfg = FdktConfig()
+    src = load_source(cfg.dataset.name)
+    task = load_task(src.name, src.label_names).to_record()
+    per_label = cfg.generator.demos_per_label
+    demos: dict[str, list[tuple[str, int]]] = {}
+    pool = list(zip(src.train.texts, src.train.labels, strict=True))
+    for c in range(args.clients):
+        mine = pool[c * len(pool) // args.clients:(c + 1) * len(pool) // args.clients]
+        demos[f"client-{c}"] = [d for y in range(len(src.label_names))
+                                for d in [x for x in mine if x[1] == y][:per_label]]
+    llm = make_llm(cfg.llm.backend, args.llm, batch_size=cfg.llm.batch_size)
+    encoder = load_sentence_encoder(cfg.selection.embedder)
+    llm.generate([[{"role": "user", "content": "Hi"}]], SamplingParams(max_new_tokens=4))  # warm-up
+    rows = []
+    for mode in ("one client at a time", "all clients together"):
+        counting = _CountingLLM(llm)
+        svc = AugmentationService(counting, augment_config(cfg), encoder, seed=cfg.seed)
+        for cid, d in demos.items():
+            svc.receive(cid, task, d)
+        print(f"running {mode} ...", flush=True)
+        t0 = time.perf_counter()
+        if mode == "one client at a time":
+            out = {cid: svc.serve(cid, 1) for cid in demos}
+        else:
+            out = svc.serve_all(demos, 1)
+        wall = time.perf_counter() - t0
+        stats = [o[1] for o in out.values() if not isinstance(o, Exception)]
+        sent = sum(s["sent"] for s in stats)
+        rows.append({"mode": mode, "clients": len(demos), "wall_s": wall,
+                     "generate_calls": len(counting.calls), "prompts": sum(counting.calls),
+                     "llm_tokens": sum(s["llm_tokens"] + s.get("selection", {}).get(
+                         "llm_tokens", 0) for s in stats),
+                     "samples_sent": sent, "samples_per_min": 60 * sent / wall,
+                     "failed": len(out) - len(stats)})
+    print(table(rows, ["mode", "clients", "wall_s", "generate_calls", "prompts", "llm_tokens",
+                       "samples_sent", "samples_per_min", "failed"]))
+    ratio = rows[0]["wall_s"] / rows[1]["wall_s"]
+    print(f"one at a time / together wall time: {ratio:.2f}x")
+    return {"rows": rows, "ratio_sequential_over_together": ratio, "llm": args.llm}
+
+
 # --------------------------------------------------------------------------- leak guard
 
 def bench_leak_guard(args: argparse.Namespace) -> dict[str, Any]:
@@ -340,7 +434,7 @@ def bench_leak_guard(args: argparse.Namespace) -> dict[str, Any]:
 BENCHES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "generation": bench_generation, "dp-step": bench_dp_step,
     "dp-batch": bench_dp_batch, "default-job": bench_default_job, "scale": bench_scale,
-    "leak-guard": bench_leak_guard,
+    "leak-guard": bench_leak_guard, "augment": bench_augment,
 }
 
 

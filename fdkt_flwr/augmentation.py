@@ -15,6 +15,9 @@ Steps 3 and 4 of the method (see ``/work/shared/notes/fdkt-method.md``):
 * :func:`zero_shot_augment` — the baseline without demonstrations.
 * :class:`ClientPool` — per-client state (one-to-many, multi-task: each client has its own task);
   :class:`AugmentationService` — the pools of all clients plus the LLM, for a server strategy.
+  ``serve_all`` serves a round's clients together: their work is written as steps that yield
+  LLM requests (:data:`LLMSteps`), and :func:`drive_together` sends the requests of all clients
+  in shared generate calls (fewer, fuller batches than one client after another).
 
 Nothing here imports Flower; the LLM is anything implementing :class:`fdkt_flwr.llm.LLM` and the
 encoder anything with ``encode(list[str]) -> np.ndarray``, so tests use scripted fakes.
@@ -30,10 +33,10 @@ import re
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Generator, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import yaml
@@ -453,6 +456,18 @@ def select_demonstrations(
 
     Returns the kept demonstrations in their original order and JSON-safe stats.
     """
+    return drive(selection_steps(demos, task, encoder, cfg, rng, use_llm=llm is not None), llm)
+
+
+def selection_steps(
+    demos: Sequence[Sample],
+    task: TaskInfo,
+    encoder: Encoder | None,
+    cfg: AugmentConfig,
+    rng: np.random.Generator,
+    use_llm: bool = True,
+) -> LLMSteps[tuple[list[Sample], dict[str, Any]]]:
+    """:func:`select_demonstrations` as steps (:func:`drive`): at most one LLM request."""
     demos = list(demos)
     stats: dict[str, Any] = {
         "demonstrations_received": len(demos),
@@ -463,7 +478,7 @@ def select_demonstrations(
         "clusters": 0,
         "kept_per_label": {},
     }
-    if not demos or not cfg.selection_enabled or llm is None or encoder is None:
+    if not demos or not cfg.selection_enabled or not use_llm or encoder is None:
         stats["kept_per_label"] = _label_counts(demos, task)
         return demos, stats
     templates = load_prompts(task.name, cfg.prompt_dir)
@@ -479,11 +494,11 @@ def select_demonstrations(
         max_new_tokens=cfg.selection_max_new_tokens, temperature=0.0, top_p=1.0,
         seed=_seed_from(rng),
     )  # fmt: skip
-    start = time.perf_counter()
-    gens = _generate_checked(llm, convs, params)
+    reply = yield convs, params
+    gens = reply.generations
     stats["selection_prompts"] = len(convs)
     stats["llm_tokens"] = sum(g.num_tokens for g in gens)
-    stats["llm_seconds"] = round(time.perf_counter() - start, 4)
+    stats["llm_seconds"] = round(reply.seconds, 4)
     kept_idx: set[int] = set()
     for chunk, gen in zip(chunks, gens, strict=True):
         chosen = parse_selection(gen.text, len(chunk))
@@ -507,6 +522,122 @@ def _generate_checked(
     if len(gens) != len(convs):
         raise RuntimeError(f"LLM returned {len(gens)} answers for {len(convs)} prompts")
     return gens
+
+
+@dataclass(frozen=True)
+class LLMReply:
+    """The answer to one step's request: its generations, and its share of the call's time."""
+
+    generations: list[Generation]
+    seconds: float
+
+
+LLMRequest = tuple[list[Conversation], SamplingParams]
+_T = TypeVar("_T")
+# Server work that needs the LLM is written as a generator that yields each request (the
+# prompts and decoding settings) and receives an LLMReply: whoever drives it decides how the
+# requests reach the LLM. One client alone: `drive`. Several clients: `drive_together` puts
+# their requests into shared calls, so one generate call serves every client's attempt.
+LLMSteps = Generator[LLMRequest, LLMReply, _T]
+
+
+def drive(steps: LLMSteps[_T], llm: LLM | None) -> _T:
+    """Run ``steps`` to the end, one LLM call per request; errors propagate."""
+    try:
+        request = next(steps)
+        while True:
+            if llm is None:
+                raise RuntimeError("these steps need an LLM and none was given")
+            convs, params = request
+            start = time.perf_counter()
+            gens = _generate_checked(llm, convs, params)
+            request = steps.send(LLMReply(gens, time.perf_counter() - start))
+    except StopIteration as stop:
+        return stop.value
+
+
+def _merged_seed(seeds: Sequence[int | None]) -> int | None:
+    if len(seeds) == 1 or any(s is None for s in seeds):
+        return seeds[0] if len(seeds) == 1 else None
+    return int(np.random.SeedSequence([int(s) & 0xFFFFFFFF for s in seeds]).generate_state(1)[0])
+
+
+def _call_together(
+    items: list[tuple[Hashable, LLMRequest]], llm: LLM
+) -> dict[Hashable, LLMReply | Exception]:
+    """One LLM call for requests that share decoding settings; a failed shared call is retried
+    one request at a time, so that only the request that cannot be served fails."""
+    if len(items) > 1:
+        convs = [c for _, (cs, _) in items for c in cs]
+        first = items[0][1][1]
+        params = SamplingParams(max_new_tokens=first.max_new_tokens,
+                                temperature=first.temperature, top_p=first.top_p,
+                                seed=_merged_seed([p.seed for _, (_, p) in items]))
+        start = time.perf_counter()
+        try:
+            gens = _generate_checked(llm, convs, params)
+        except Exception:
+            pass  # retried per request below
+        else:
+            seconds = time.perf_counter() - start
+            out: dict[Hashable, LLMReply | Exception] = {}
+            total = sum(g.num_tokens for g in gens) or len(gens)
+            lo = 0
+            for key, (cs, _) in items:
+                mine = gens[lo : lo + len(cs)]
+                lo += len(cs)
+                # Time is shared by tokens written, so per-client seconds add up to the call.
+                share = (sum(g.num_tokens for g in mine) or len(mine)) / total
+                out[key] = LLMReply(mine, seconds * share)
+            return out
+    out = {}
+    for key, (cs, p) in items:
+        start = time.perf_counter()
+        try:
+            out[key] = LLMReply(_generate_checked(llm, cs, p), time.perf_counter() - start)
+        except Exception as exc:
+            out[key] = exc
+    return out
+
+
+def drive_together(
+    steps: Mapping[Hashable, LLMSteps[_T]], llm: LLM
+) -> dict[Hashable, _T | Exception]:
+    """Run several steps side by side, sending their pending requests in shared LLM calls.
+
+    Each tick gathers the one pending request of every unfinished step and makes one call per
+    distinct decoding setting (new tokens, temperature, top-p) with all their prompts; the
+    shared call's seed derives from the requests' seeds in ``steps`` order, so a run is
+    reproducible for the same clients served together. An exception (from a step, or from an
+    LLM call that fails even for that step alone) ends that step only and is its result.
+    """
+    results: dict[Hashable, _T | Exception] = {}
+    pending: dict[Hashable, LLMRequest] = {}
+
+    def advance(key: Hashable, reply: LLMReply | None) -> None:
+        try:
+            pending[key] = next(steps[key]) if reply is None else steps[key].send(reply)
+        except StopIteration as stop:
+            results[key] = stop.value
+        except Exception as exc:
+            results[key] = exc
+
+    for key in steps:
+        advance(key, None)
+    while pending:
+        batch, pending = pending, {}
+        groups: dict[tuple[int, float, float], list[tuple[Hashable, LLMRequest]]] = {}
+        for key, req in batch.items():
+            p = req[1]
+            groups.setdefault((p.max_new_tokens, p.temperature, p.top_p), []).append((key, req))
+        for items in groups.values():
+            for key, reply in _call_together(items, llm).items():
+                if isinstance(reply, Exception):
+                    steps[key].close()
+                    results[key] = reply
+                else:
+                    advance(key, reply)
+    return {key: results[key] for key in steps}
 
 
 def _label_counts(samples: Iterable[Sample], task: TaskInfo) -> dict[str, int]:
@@ -615,9 +746,8 @@ def _drop_last_line(text: str) -> tuple[str, int]:
     return "\n".join(lines[:-1]), 1
 
 
-def _run_generation(
+def _generation_steps(
     task: TaskInfo,
-    llm: LLM,
     cfg: AugmentConfig,
     rng: np.random.Generator,
     demos: Sequence[Sample],
@@ -625,7 +755,10 @@ def _run_generation(
     seen: set[str],
     zero_shot: bool,
 ) -> tuple[list[Sample], dict[str, Any]]:
-    """Prompt, parse and validate until every label meets its budget or attempts run out."""
+    """Prompt, parse and validate until every label meets its budget or attempts run out.
+
+    Steps (see :func:`drive`): yields one request per attempt.
+    """
     templates = load_prompts(task.name, cfg.prompt_dir)
     budgets = cfg.budgets(task)
     by_label: dict[int, list[Sample]] = {i: [] for i in range(len(task.label_names))}
@@ -667,9 +800,9 @@ def _run_generation(
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
             seed=_seed_from(rng),
         )  # fmt: skip
-        start = time.perf_counter()
-        gens = _generate_checked(llm, convs, params)
-        seconds += time.perf_counter() - start
+        reply = yield convs, params
+        gens = reply.generations
+        seconds += reply.seconds
         prompts += len(convs)
         for gen, target in zip(gens, targets, strict=True):
             tokens += gen.num_tokens
@@ -745,10 +878,22 @@ def augment(
     budget_met, zero_shot_labels, llm_tokens, llm_seconds, tokens_per_s, examples`` (a few
     texts per label), ``distinct_1, distinct_2, similarity_to_demos, similarity_method``.
     """
+    return drive(augment_steps(pool, task, cfg, round, rng, encoder), llm)
+
+
+def augment_steps(
+    pool: ClientPool,
+    task: TaskInfo | None,
+    cfg: AugmentConfig,
+    round: int,
+    rng: np.random.Generator,
+    encoder: Encoder | None = None,
+) -> LLMSteps[tuple[list[Sample], dict[str, Any]]]:
+    """:func:`augment` as steps (:func:`drive`): one LLM request per attempt."""
     task = pool.task if task is None else TaskInfo.from_any(task)
     demos = pool.kept if pool.kept is not None else pool.demonstrations
     refs = [t for t, _ in pool.demonstrations]
-    samples, stats = _run_generation(task, llm, cfg, rng, demos, refs, pool.seen, False)
+    samples, stats = yield from _generation_steps(task, cfg, rng, demos, refs, pool.seen, False)
     stats.update(_quality_stats(samples, refs, encoder))
     stats = {
         "client": pool.client_id,
@@ -775,9 +920,20 @@ def zero_shot_augment(
 
     ``seen`` (updated in place) removes samples sent before, as in :func:`augment`.
     """
+    return drive(zero_shot_steps(task, cfg, rng, seen, encoder), llm)
+
+
+def zero_shot_steps(
+    task: TaskInfo,
+    cfg: AugmentConfig,
+    rng: np.random.Generator,
+    seen: set[str] | None = None,
+    encoder: Encoder | None = None,
+) -> LLMSteps[tuple[list[Sample], dict[str, Any]]]:
+    """:func:`zero_shot_augment` as steps (:func:`drive`)."""
     task = TaskInfo.from_any(task)
-    samples, stats = _run_generation(task, llm, cfg, rng, [], [], set() if seen is None else seen,
-                                     True)  # fmt: skip
+    seen = set() if seen is None else seen
+    samples, stats = yield from _generation_steps(task, cfg, rng, [], [], seen, True)
     stats.update(_quality_stats(samples, [], encoder))
     stats["task"] = task.name
     return samples, stats
@@ -850,8 +1006,15 @@ class ClientPool:
         self, llm: LLM | None, encoder: Encoder | None, cfg: AugmentConfig, rng: np.random.Generator
     ) -> dict[str, Any]:
         """Run :func:`select_demonstrations` on all demonstrations and store the kept ones."""
-        self.kept, stats = select_demonstrations(
-            self.demonstrations, self.task, llm, encoder, cfg, rng
+        return drive(self.select_steps(encoder, cfg, rng, use_llm=llm is not None), llm)
+
+    def select_steps(
+        self, encoder: Encoder | None, cfg: AugmentConfig, rng: np.random.Generator,
+        use_llm: bool = True,
+    ) -> LLMSteps[dict[str, Any]]:
+        """:meth:`select` as steps (:func:`drive`)."""
+        self.kept, stats = yield from selection_steps(
+            self.demonstrations, self.task, encoder, cfg, rng, use_llm
         )
         self.selection_stats = stats
         self.totals["selection_prompts"] += stats.get("selection_prompts", 0)
@@ -964,14 +1127,39 @@ class AugmentationService:
     def serve(
         self, client_id: str, server_round: int, zero_shot: bool = False
     ) -> tuple[list[Sample], dict[str, Any]]:
-        """This round's samples for ``client_id`` (selection runs first when needed)."""
+        """This round's samples for ``client_id`` (selection runs first when needed);
+        ``zero_shot`` writes the baseline's samples, from the task description alone."""
+        return drive(self._serve_steps(client_id, server_round, zero_shot), self.llm)
+
+    def serve_all(
+        self, client_ids: Iterable[str], server_round: int, zero_shot: bool = False
+    ) -> dict[str, tuple[list[Sample], dict[str, Any]] | Exception]:
+        """:meth:`serve` for several clients at once, their LLM requests in shared calls.
+
+        Each client's attempts run in lockstep with the others' (:func:`drive_together`), so
+        a round costs about as many generate calls as the slowest client needs instead of the
+        sum over clients, and the calls are fuller. Returns, per client id, ``(samples,
+        stats)`` or the exception that ended that client's augmentation (others go on).
+        Clients are served in sorted order, whatever order they come in.
+        """
+        ids = sorted({str(c) for c in client_ids})
+        steps = {cid: self._serve_steps(cid, server_round, zero_shot) for cid in ids}
+        return drive_together(steps, self.llm)  # type: ignore[return-value]
+
+    def _pool(self, client_id: str) -> ClientPool:
         pool = self.pools.get(str(client_id))
         if pool is None:
             raise KeyError(f"no demonstrations received from client {client_id!r}")
+        return pool
+
+    def _serve_steps(
+        self, client_id: str, server_round: int, zero_shot: bool = False
+    ) -> LLMSteps[tuple[list[Sample], dict[str, Any]]]:
+        pool = self._pool(client_id)
         rng = stable_rng(self.seed, int(server_round), pool.client_id)
         if zero_shot:
-            samples, stats = zero_shot_augment(
-                pool.task, self.llm, self.cfg, rng, seen=pool.seen, encoder=self.encoder
+            samples, stats = yield from zero_shot_steps(
+                pool.task, self.cfg, rng, seen=pool.seen, encoder=self.encoder
             )
             stats.update(client=pool.client_id, round=int(server_round))
             pool.record_round(int(server_round), stats)
@@ -979,8 +1167,10 @@ class AugmentationService:
         sel: dict[str, Any] | None = None
         if pool.kept is None:
             sel_rng = stable_rng(self.seed, "selection", pool.client_id)
-            sel = pool.select(self.llm, self.encoder, self.cfg, sel_rng)
-        samples, stats = augment(pool, None, self.llm, self.cfg, server_round, rng, self.encoder)
+            sel = yield from pool.select_steps(self.encoder, self.cfg, sel_rng)
+        samples, stats = yield from augment_steps(
+            pool, None, self.cfg, server_round, rng, self.encoder
+        )
         if sel is not None:
             stats["selection"] = sel
         return samples, stats

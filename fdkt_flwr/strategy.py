@@ -23,6 +23,7 @@ from flwr.app import Message, RecordDict
 
 from fdkt_flwr.augmentation import AugmentationService, AugmentConfig
 from fdkt_flwr.config import FdktConfig, parse_list
+from fdkt_flwr.memory import release_memory
 from fdkt_flwr.protocol import (
     HELLO,
     SYNTHESIZE,
@@ -132,47 +133,69 @@ class FdktStrategy:
 
     def configure_train(self, server_round: int, node_ids: Iterable[int]) -> list[Message]:
         messages = []
+        to_serve: dict[str, int] = {}
+        no_demos: dict[str, int] = {}
         for nid in node_ids:
             name = self.client_name(nid)
             pool = self.service.pools.get(name)
             if pool is None or not pool.demonstrations:
                 if name in self._no_demos:  # nothing to augment from, but metrics still count
-                    messages.append(self._train_message(nid, name, server_round, []))
+                    no_demos[name] = nid
                 continue  # failed or refused: no train request
-            t0 = time.perf_counter()
-            try:
-                samples, stats = self.service.serve(name, server_round)
-            except Exception as exc:  # one client's LLM trouble must not end the run
+            to_serve[name] = nid
+        self._write_zero_shot([*to_serve, *no_demos], server_round)
+        messages += [self._train_message(nid, name, server_round, [])
+                     for name, nid in no_demos.items()]
+        # All clients' prompts go to the LLM together: one round costs about as many generate
+        # calls as the slowest client needs, not their sum (benchmarks/bench.py augment).
+        t0 = time.perf_counter()
+        served = self.service.serve_all(to_serve, server_round) if to_serve else {}
+        self.results.add_time("server_augmentation", time.perf_counter() - t0)
+        for name, nid in to_serve.items():
+            outcome = served[name]
+            if isinstance(outcome, Exception):  # one client's LLM trouble must not end the run
                 self.results.record_failure(name, server_round, "augment",
-                                            f"{type(exc).__name__}: {exc}")
+                                            f"{type(outcome).__name__}: {outcome}")
                 # Survived and counted: the client still trains on what it has.
                 messages.append(self._train_message(nid, name, server_round, []))
                 continue
-            self.results.add_time("server_augmentation", time.perf_counter() - t0)
+            samples, stats = outcome
             self._round_server_stats.setdefault(name, {}).update(stats)
-            self.results.write_samples(name, server_round, pool.task.label_names, samples)
+            self.results.write_samples(name, server_round,
+                                       self.service.pools[name].task.label_names, samples)
             log.info("[server] round %d: %d generated samples for %s", server_round,
                      len(samples), name)
             messages.append(self._train_message(nid, name, server_round, samples))
+        release_memory()  # generation's activations are freed; the clients train next
         return messages
 
     def _zero_shot_for(self, name: str, server_round: int) -> list | None:
-        """Zero-shot baseline samples, written once per client (the same per-label budget as a
-        round of FDKT) and sent every round, or None when that baseline is off."""
+        """The zero-shot baseline's samples for ``name`` (written by :meth:`_write_zero_shot`),
+        or None when that baseline is off or could not be written."""
         if "zero-shot" not in parse_list(self.cfg.baselines):
             return None
-        if name not in self.zero_shot:
-            t0 = time.perf_counter()
-            try:
-                samples, stats = self.service.serve(name, server_round, zero_shot=True)
-            except Exception as exc:  # a baseline's trouble must not end the run
+        return self.zero_shot.get(name)
+
+    def _write_zero_shot(self, names: Iterable[str], server_round: int) -> None:
+        """Zero-shot baseline samples, written once per client (the same per-label budget as a
+        round of FDKT; all clients' prompts together) and sent every round; a client whose
+        baseline failed is retried next round."""
+        if "zero-shot" not in parse_list(self.cfg.baselines):
+            return
+        todo = [n for n in names if n not in self.zero_shot]
+        if not todo:
+            return
+        t0 = time.perf_counter()
+        out = self.service.serve_all(todo, server_round, zero_shot=True)
+        self.results.add_time("server_zero_shot", time.perf_counter() - t0)
+        for name, outcome in out.items():
+            if isinstance(outcome, Exception):  # a baseline's trouble must not end the run
                 self.results.record_failure(name, server_round, "zero-shot",
-                                            f"{type(exc).__name__}: {exc}")
-                return None
-            self.results.add_time("server_zero_shot", time.perf_counter() - t0)
+                                            f"{type(outcome).__name__}: {outcome}")
+                continue
+            samples, stats = outcome
             self._round_server_stats.setdefault(name, {})["zero_shot"] = stats
             self.zero_shot[name] = samples
-        return self.zero_shot[name]
 
     # ------------------------------------------------------------------ checkpoints
 

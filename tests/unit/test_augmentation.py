@@ -461,3 +461,88 @@ def test_task_info_from_records() -> None:
     assert re.search(
         "happy", build_augment_prompt(TOY, 0, [], 2, load_prompts("toy"))[1]["content"]
     )
+
+
+# ------------------------------------------------------------------ several clients together
+
+
+class ContentLLM:
+    """A fake LLM whose answer depends on the prompt alone (not on call order, batch or seed),
+    so serving clients together must give each the samples it gets when served alone."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.calls: list[list[str]] = []  # the domain of every prompt, per generate call
+        self.fail_on = fail_on
+        self.stats = LLMStats()
+
+    def generate(self, convs: list[Conversation], params: SamplingParams) -> list[Generation]:
+        texts = [_user(c) for c in convs]
+        self.calls.append(["news" if "toy news" in t else "snack" for t in texts])
+        if self.fail_on and any(self.fail_on in t for t in texts):
+            raise RuntimeError("endpoint refused the prompt")
+        out = []
+        for conv, text in zip(convs, texts, strict=True):
+            if "Keep:" in text:
+                out.append(Generation("Keep: all", 3))
+                continue
+            task = NEWS if "toy news" in text else TOY
+            label = _target(conv, task)
+            seed = int(sum(map(ord, text)))
+            out.append(Generation("\n".join(
+                f"- {unique_text(seed * 7 + i, label + ' ')}" for i in range(3)), 30))
+        return out
+
+
+NEWS_DEMOS = [("Local team wins the cup final.", 0), ("Parliament passes budget.", 1),
+              ("New phone chip is faster.", 2), ("Striker signs for a record fee.", 0)]
+
+
+def _three_clients(llm) -> AugmentationService:
+    svc = AugmentationService(llm, _cfg(samples_per_label=4, keep_off_target=True),
+                              FakeEncoder(), seed=5)
+    svc.receive("a", TOY, DEMOS)
+    svc.receive("b", NEWS, NEWS_DEMOS)
+    svc.receive("c", TOY, DEMOS[1:7])
+    return svc
+
+
+def test_serve_all_shares_llm_calls_and_gives_each_client_what_serve_gives() -> None:
+    alone_llm = ContentLLM()
+    alone_svc = _three_clients(alone_llm)
+    alone = {cid: alone_svc.serve(cid, 1) for cid in ("a", "b", "c")}
+    together_llm = ContentLLM()
+    together = _three_clients(together_llm).serve_all(["c", "a", "b"], 1)
+    assert set(together) == {"a", "b", "c"}
+    for cid in ("a", "b", "c"):
+        samples, stats = together[cid]
+        assert samples == alone[cid][0]
+        assert stats["label_counts"] == alone[cid][1]["label_counts"]
+        assert stats["prompts_sent"] == alone[cid][1]["prompts_sent"]
+        assert stats["selection"]["selection_prompts"] > 0
+    # Selection and every attempt of the three clients went out together.
+    assert len(together_llm.calls) < len(alone_llm.calls)
+    assert any({"news", "snack"} <= set(call) for call in together_llm.calls)
+    assert sum(map(len, together_llm.calls)) == sum(map(len, alone_llm.calls))
+
+
+def test_serve_all_survives_one_client_whose_prompts_fail() -> None:
+    alone = _three_clients(ContentLLM()).serve("a", 1)
+    out = _three_clients(ContentLLM(fail_on="toy news")).serve_all(["a", "b", "c"], 1)
+    assert isinstance(out["b"], RuntimeError) and "refused" in str(out["b"])
+    assert out["a"][0] == alone[0]
+    assert len(out["c"][0]) == 8
+
+
+def test_serve_all_unknown_client_fails_alone() -> None:
+    out = _three_clients(ContentLLM()).serve_all(["a", "nobody"], 1)
+    assert isinstance(out["nobody"], KeyError)
+    assert len(out["a"][0]) == 8
+
+
+def test_serve_all_writes_the_zero_shot_baseline_together_as_serve_does() -> None:
+    alone = {cid: _three_clients(ContentLLM()).serve(cid, 1, zero_shot=True) for cid in "abc"}
+    llm = ContentLLM()
+    together = _three_clients(llm).serve_all("abc", 1, zero_shot=True)
+    for cid in "abc":
+        assert together[cid][0] == alone[cid][0] and together[cid][1]["mode"] == "zero_shot"
+    assert any({"news", "snack"} <= set(call) for call in llm.calls)
