@@ -323,9 +323,10 @@ def bench_scale(args: argparse.Namespace) -> dict[str, Any]:
         print(f"scale: {n} clients ...", flush=True)
         row = _job(SMALL, n, Path(args.workdir) / f"scale-{n}")
         row["wall_s_per_client"] = row["wall_s"] / n
+        row["server_augmentation_s"] = row["timing"].get("server_augmentation")
         rows.append(row)
     print(table(rows, ["clients", "status", "wall_s", "wall_s_per_client",
-                       "peak_tree_rss_mb", "peak_tree_pss_mb"]))
+                       "server_augmentation_s", "peak_tree_rss_mb", "peak_tree_pss_mb"]))
     return {"rows": rows, "settings": SMALL}
 
 
