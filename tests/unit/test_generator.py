@@ -383,7 +383,7 @@ def test_dp_training_is_deterministic_under_seed(llama_tok) -> None:
 
 
 @pytest.mark.parametrize("epsilon", [50.0, math.inf], ids=["dp", "non-private"])
-def test_heap_trim_runs_per_physical_batch_and_changes_no_result(
+def test_heap_trim_runs_once_per_logical_step_and_changes_no_result(
     monkeypatch, llama_tok, epsilon: float
 ) -> None:
     spec = (PrivacySpec(epsilon, 1e-3, 1.0, noise_multiplier=1.0, accountant="rdp")
