@@ -198,8 +198,8 @@ def bench_dp_batch(args: argparse.Namespace) -> dict[str, Any]:
 
     The generator splits each Poisson batch into physical chunks and clips per example in each;
     activations and per-example gradients scale with the chunk, the work per logical step does
-    not. Every size runs with the heap trimmed after each physical batch (the default); the
-    first size also runs without, side by side, to show what trimming buys.
+    not. Every size runs with the heap trimmed after each logical step (the default); the first
+    size also runs without, side by side, to show what trimming buys.
     """
     sizes = [int(x) for x in args.physical.split(",")]
     runs = [(p, True) for p in sizes] + [(sizes[0], False)]
@@ -359,12 +359,13 @@ def bench_augment(args: argparse.Namespace) -> dict[str, Any]:
     from fdkt_flwr.augmentation import AugmentationService
     from fdkt_flwr.config import FdktConfig
     from fdkt_flwr.data import load_source
-    from fdkt_flwr.llm import SamplingParams, make_llm
-    from fdkt_flwr.models import load_sentence_encoder
+    from fdkt_flwr.llm import SamplingParams
+    from fdkt_flwr.server import load_server_models
     from fdkt_flwr.strategy import augment_config
     from fdkt_flwr.tasks import load_task
 
     cfg = FdktConfig()
+    cfg.llm.model = args.llm
     src = load_source(cfg.dataset.name)
     task = load_task(src.name, src.label_names).to_record()
     per_label = cfg.generator.demos_per_label
@@ -374,8 +375,7 @@ def bench_augment(args: argparse.Namespace) -> dict[str, Any]:
         mine = pool[c * len(pool) // args.clients:(c + 1) * len(pool) // args.clients]
         demos[f"client-{c}"] = [d for y in range(len(src.label_names))
                                 for d in [x for x in mine if x[1] == y][:per_label]]
-    llm = make_llm(cfg.llm.backend, args.llm, batch_size=cfg.llm.batch_size)
-    encoder = load_sentence_encoder(cfg.selection.embedder)
+    llm, encoder = load_server_models(cfg)  # as the ServerApp loads them
     llm.generate([[{"role": "user", "content": "Hi"}]], SamplingParams(max_new_tokens=4))  # warm-up
     rows = []
     for mode in ("one client at a time", "all clients together"):

@@ -514,10 +514,12 @@ def selection_steps(
 
 
 def _generate_checked(
-    llm: LLM, convs: list[Conversation], params: SamplingParams
+    llm: LLM | None, convs: list[Conversation], params: SamplingParams
 ) -> list[Generation]:
     if not convs:
         return []
+    if llm is None:
+        raise RuntimeError("these steps need an LLM and none was given")
     gens = llm.generate(convs, params)
     if len(gens) != len(convs):
         raise RuntimeError(f"LLM returned {len(gens)} answers for {len(convs)} prompts")
@@ -543,27 +545,22 @@ LLMSteps = Generator[LLMRequest, LLMReply, _T]
 
 def drive(steps: LLMSteps[_T], llm: LLM | None) -> _T:
     """Run ``steps`` to the end, one LLM call per request; errors propagate."""
-    try:
-        request = next(steps)
-        while True:
-            if llm is None:
-                raise RuntimeError("these steps need an LLM and none was given")
-            convs, params = request
-            start = time.perf_counter()
-            gens = _generate_checked(llm, convs, params)
-            request = steps.send(LLMReply(gens, time.perf_counter() - start))
-    except StopIteration as stop:
-        return stop.value
+    (outcome,) = drive_together({0: steps}, llm).values()
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
 def _merged_seed(seeds: Sequence[int | None]) -> int | None:
-    if len(seeds) == 1 or any(s is None for s in seeds):
-        return seeds[0] if len(seeds) == 1 else None
+    if len(seeds) == 1:
+        return seeds[0]
+    if any(s is None for s in seeds):
+        return None
     return int(np.random.SeedSequence([int(s) & 0xFFFFFFFF for s in seeds]).generate_state(1)[0])
 
 
 def _call_together(
-    items: list[tuple[Hashable, LLMRequest]], llm: LLM
+    items: list[tuple[Hashable, LLMRequest]], llm: LLM | None
 ) -> dict[Hashable, LLMReply | Exception]:
     """One LLM call for requests that share decoding settings; a failed shared call is retried
     one request at a time, so that only the request that cannot be served fails."""
@@ -601,7 +598,7 @@ def _call_together(
 
 
 def drive_together(
-    steps: Mapping[Hashable, LLMSteps[_T]], llm: LLM
+    steps: Mapping[Hashable, LLMSteps[_T]], llm: LLM | None
 ) -> dict[Hashable, _T | Exception]:
     """Run several steps side by side, sending their pending requests in shared LLM calls.
 
@@ -1146,16 +1143,12 @@ class AugmentationService:
         steps = {cid: self._serve_steps(cid, server_round, zero_shot) for cid in ids}
         return drive_together(steps, self.llm)  # type: ignore[return-value]
 
-    def _pool(self, client_id: str) -> ClientPool:
-        pool = self.pools.get(str(client_id))
-        if pool is None:
-            raise KeyError(f"no demonstrations received from client {client_id!r}")
-        return pool
-
     def _serve_steps(
         self, client_id: str, server_round: int, zero_shot: bool = False
     ) -> LLMSteps[tuple[list[Sample], dict[str, Any]]]:
-        pool = self._pool(client_id)
+        pool = self.pools.get(str(client_id))
+        if pool is None:
+            raise KeyError(f"no demonstrations received from client {client_id!r}")
         rng = stable_rng(self.seed, int(server_round), pool.client_id)
         if zero_shot:
             samples, stats = yield from zero_shot_steps(
